@@ -1,0 +1,45 @@
+"""From a `data` config section to a train/valid/test `Split`."""
+
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+
+from recattn_jax.data import download, preprocess, readers
+
+SPLITS = ("leave_one_out", "time")
+
+
+def interactions_path(data_config: ml_collections.ConfigDict) -> pathlib.Path:
+  """`data.path` when given, else the cached (downloaded) copy of a named public dataset."""
+  if data_config.path:
+    path = pathlib.Path(data_config.path).expanduser()
+    if not path.exists():
+      raise FileNotFoundError(f"data.path={str(path)!r} does not exist")
+    return path
+  if data_config.name == "ml-100k":
+    return download.resolve_ml100k()
+  if data_config.name in download.MOVIELENS:
+    return download.fetch_movielens(data_config.name)
+  raise ValueError(f"data.name={data_config.name!r} has no download; set data.path to a local file or folder")
+
+
+def load_split(data_config: ml_collections.ConfigDict) -> preprocess.Split:
+  path = interactions_path(data_config)
+  frame = readers.read_interactions(path, fmt=data_config.format)
+  if data_config.dedupe:
+    frame = preprocess.dedupe(frame, keep=data_config.dedupe)
+  frame = preprocess.kcore_filter(frame, user_k=data_config.user_k, item_k=data_config.item_k)
+  min_rating = data_config.min_rating if data_config.min_rating is not None else None
+  sequences = preprocess.build_sequences(frame, min_rating=min_rating)
+  if data_config.split == "leave_one_out":
+    split = preprocess.leave_one_out(sequences)
+  elif data_config.split == "time":
+    split = preprocess.time_split_by_quantile(sequences, valid_q=data_config.valid_quantile,
+                                              test_q=data_config.test_quantile)
+  else:
+    raise ValueError(f"data.split must be one of {SPLITS}, got {data_config.split!r}")
+  split.stats.update(source=str(path), **{f"{k}": v for k, v in sequences.stats.items()
+                                          if k not in split.stats})
+  return split

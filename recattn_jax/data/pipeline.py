@@ -1,0 +1,82 @@
+"""Grain pipelines that turn per-user item sequences into fixed-shape batches.
+
+Training examples follow SASRec: the model reads events 0..n-2 of a user's
+training sequence and predicts events 1..n-1 at every position. Sequences
+longer than `max_len + 1` keep their newest events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grain
+import numpy as np
+
+PADDING_SIDES = ("left", "right")
+
+
+def pad_to(seq: np.ndarray, length: int, side: str) -> np.ndarray:
+  """Newest `length` entries of `seq`, padded with 0 on `side` to exactly `length`."""
+  if side not in PADDING_SIDES:
+    raise ValueError(f"data.padding must be one of {PADDING_SIDES}, got {side!r}")
+  seq = np.asarray(seq, dtype=np.int32)[-length:] if length else np.zeros(0, np.int32)
+  out = np.zeros(length, dtype=np.int32)
+  if side == "left":
+    out[length - len(seq):] = seq
+  else:
+    out[:len(seq)] = seq
+  return out
+
+
+def next_item_example(seq: np.ndarray, max_len: int, side: str) -> dict[str, np.ndarray]:
+  return {"inputs": pad_to(seq[:-1], max_len, side), "targets": pad_to(seq[1:], max_len, side)}
+
+
+def train_dataset(sequences: Sequence[np.ndarray], *, max_len: int, batch_size: int, seed: int,
+                  padding: str = "left") -> grain.MapDataset:
+  """An endless stream of shuffled batches; each pass over the data is a fresh permutation.
+
+  Batches may straddle the boundary between two passes, so every example is seen
+  exactly once per pass and no example is dropped.
+  """
+  usable = [np.asarray(s, np.int32) for s in sequences if len(s) >= 2]
+  if not usable:
+    raise ValueError("no training sequence has the 2 events needed for one next-item example")
+  if padding not in PADDING_SIDES:
+    raise ValueError(f"data.padding must be one of {PADDING_SIDES}, got {padding!r}")
+  return (grain.MapDataset.source(usable)
+          .shuffle(seed=seed)
+          .repeat()
+          .map(lambda s: next_item_example(s, max_len, padding))
+          .batch(batch_size, drop_remainder=True))
+
+
+def num_train_examples(sequences: Sequence[np.ndarray]) -> int:
+  return sum(1 for s in sequences if len(s) >= 2)
+
+
+def eval_batches(histories: Sequence[np.ndarray], targets: np.ndarray, *, max_len: int,
+                 batch_size: int, padding: str = "left") -> Iterator[dict[str, np.ndarray]]:
+  """Fixed-shape evaluation batches (the last one padded, with `weight` 0 on filler rows).
+
+  `exclude` carries each user's whole history (not only the newest `max_len`
+  events), padded to one width for the whole set so that the jitted scorer
+  compiles once.
+  """
+  longest = max((len(h) for h in histories), default=1)
+  exclude_width = max(8, int(2 ** np.ceil(np.log2(max(longest, 1)))))
+  for start in range(0, len(targets), batch_size):
+    stop = min(start + batch_size, len(targets))
+    rows = stop - start
+    batch = {
+        "inputs": np.zeros((batch_size, max_len), np.int32),
+        "targets": np.ones(batch_size, np.int32),
+        "exclude": np.zeros((batch_size, exclude_width), np.int32),
+        "weight": np.zeros(batch_size, np.float32),
+    }
+    for row, i in enumerate(range(start, stop)):
+      batch["inputs"][row] = pad_to(histories[i], max_len, padding)
+      batch["exclude"][row, :len(histories[i])] = histories[i]
+    batch["targets"][:rows] = targets[start:stop]
+    batch["weight"][:rows] = 1.0
+    yield batch

@@ -1,0 +1,85 @@
+"""Full-ranking evaluation: the rank of each target among the whole catalogue.
+
+Scores are computed in chunks of items so that memory stays O(batch * chunk)
+for any catalogue size. Ties are resolved explicitly:
+  * "pessimistic" (default): every other item with the same score is ranked
+    ahead of the target, so a model that outputs constant scores gets the worst
+    rank, never a lucky one;
+  * "optimistic": tied items are ranked behind the target.
+Padding (item 0) never competes. With `exclude` the user's already-seen items
+are removed from the ranking, except the target itself (so a repeated
+consumption can still be hit).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TIE_MODES = ("pessimistic", "optimistic")
+
+
+@functools.partial(jax.jit, static_argnames=("item_chunk", "ties"))
+def target_ranks(user_repr: jax.Array, item_table: jax.Array, targets: jax.Array,
+                 exclude: jax.Array | None = None, *, item_chunk: int = 4096,
+                 ties: str = "pessimistic") -> jax.Array:
+  """0-based rank of `targets` among items 1..N, scored by `user_repr @ item_table.T`.
+
+  Args:
+    user_repr: [B, D].
+    item_table: [N + 1, D]; row 0 is padding.
+    targets: [B] item ids in 1..N.
+    exclude: optional [B, H] item ids to drop from the ranking (0 = none).
+    item_chunk: items scored at once.
+    ties: one of TIE_MODES.
+  Returns:
+    [B] int32 ranks; 0 means the target scored highest.
+  """
+  if ties not in TIE_MODES:
+    raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
+  user_repr = user_repr.astype(jnp.float32)
+  item_table = item_table.astype(jnp.float32)
+  num_rows = item_table.shape[0]
+  target_scores = jnp.einsum("bd,bd->b", user_repr, item_table[targets])
+  num_chunks = -(-num_rows // item_chunk)
+  padded = jnp.pad(item_table, ((0, num_chunks * item_chunk - num_rows), (0, 0)))
+  chunks = padded.reshape(num_chunks, item_chunk, -1)
+  batch = user_repr.shape[0]
+
+  def count_ahead(carry, chunk_and_start):
+    chunk, start = chunk_and_start
+    ids = start + jnp.arange(item_chunk)
+    scores = user_repr @ chunk.T
+    competes = (ids > 0) & (ids < num_rows)
+    competes = jnp.broadcast_to(competes, scores.shape) & (ids[None, :] != targets[:, None])
+    if exclude is not None:
+      local = exclude - start
+      in_chunk = (exclude > 0) & (local >= 0) & (local < item_chunk)
+      rows = jnp.broadcast_to(jnp.arange(batch)[:, None], exclude.shape)
+      seen = jnp.zeros((batch, item_chunk), bool).at[rows, jnp.where(in_chunk, local, item_chunk)].set(
+          True, mode="drop")
+      competes &= ~seen
+    if ties == "pessimistic":
+      ahead = scores >= target_scores[:, None]
+    else:
+      ahead = scores > target_scores[:, None]
+    return carry + jnp.sum(ahead & competes, axis=1, dtype=jnp.int32), None
+
+  starts = jnp.arange(num_chunks) * item_chunk
+  ranks, _ = jax.lax.scan(count_ahead, jnp.zeros((batch,), jnp.int32), (chunks, starts))
+  return ranks
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks=(1, 10, 50, 200)) -> dict[str, float]:
+  """HR@K, NDCG@K and MRR@K averaged over users (one target each)."""
+  ranks = np.asarray(ranks, dtype=np.float64)
+  out = {}
+  for k in ks:
+    hit = ranks < k
+    out[f"HR@{k}"] = float(np.mean(hit))
+    out[f"NDCG@{k}"] = float(np.mean(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)))
+    out[f"MRR@{k}"] = float(np.mean(np.where(hit, 1.0 / (ranks + 1.0), 0.0)))
+  return out

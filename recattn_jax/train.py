@@ -1,0 +1,34 @@
+"""Command line: `python -m recattn_jax.train [--config configs/NAME.py] [--workdir DIR]`.
+
+Any config field can be overridden, e.g. `--config.train.num_epochs=50`.
+Rerunning with the same workdir resumes from its latest checkpoint.
+"""
+
+import logging
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from recattn_jax.training.loop import format_table, train_and_evaluate
+
+_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "sasrec_ml100k.py"
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "Path to a config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here "
+                               "(default: runs/<config file name>).")
+
+
+def main(argv):
+  del argv
+  workdir = _WORKDIR.value or str(pathlib.Path("runs") / pathlib.Path(flags.FLAGS["config"].config_filename).stem)
+  logging.info("workdir: %s", workdir)
+  results = train_and_evaluate(_CONFIG.value, workdir)
+  print(f"\nBest validation at epoch {results['best_epoch']:.0f}; test metrics "
+        f"({results['data'].get('test_users', '?')} users, full ranking):")
+  print(format_table(results, _CONFIG.value.eval.ks))
+  print(f"\nresults: {pathlib.Path(workdir) / 'results.json'}, metrics: {pathlib.Path(workdir) / 'metrics.jsonl'}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,19 @@
+"""Every test process sees 4 CPU devices, so data-parallel code paths run for real."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> pathlib.Path:
+  """`../shared/data` beside the checkout; tests that need it skip cleanly without it."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"{SHARED_DATA} is absent")
+  return SHARED_DATA
