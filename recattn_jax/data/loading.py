@@ -30,7 +30,7 @@ def load_split(data_config: ml_collections.ConfigDict) -> preprocess.Split:
   frame = readers.read_interactions(path, fmt=data_config.format)
   if data_config.dedupe:
     frame = preprocess.dedupe(frame, keep=data_config.dedupe)
-  frame = preprocess.kcore_filter(frame, user_k=data_config.user_k, item_k=data_config.item_k)
+  frame, kcore_stats = preprocess.kcore_filter(frame, user_k=data_config.user_k, item_k=data_config.item_k)
   min_rating = data_config.min_rating if data_config.min_rating is not None else None
   sequences = preprocess.build_sequences(frame, min_rating=min_rating)
   if data_config.split == "leave_one_out":
@@ -40,6 +40,6 @@ def load_split(data_config: ml_collections.ConfigDict) -> preprocess.Split:
                                               test_q=data_config.test_quantile)
   else:
     raise ValueError(f"data.split must be one of {SPLITS}, got {data_config.split!r}")
-  split.stats.update(source=str(path), **{f"{k}": v for k, v in sequences.stats.items()
-                                          if k not in split.stats})
+  split.stats.update(source=str(path), kcore=kcore_stats,
+                     **{k: v for k, v in sequences.stats.items() if k not in split.stats})
   return split

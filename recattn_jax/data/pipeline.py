@@ -32,27 +32,55 @@ def next_item_example(seq: np.ndarray, max_len: int, side: str) -> dict[str, np.
   return {"inputs": pad_to(seq[:-1], max_len, side), "targets": pad_to(seq[1:], max_len, side)}
 
 
-def train_dataset(sequences: Sequence[np.ndarray], *, max_len: int, batch_size: int, seed: int,
-                  padding: str = "left") -> grain.MapDataset:
-  """An endless stream of shuffled batches; each pass over the data is a fresh permutation.
-
-  Batches may straddle the boundary between two passes, so every example is seen
-  exactly once per pass and no example is dropped.
-  """
+def _usable(sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
   usable = [np.asarray(s, np.int32) for s in sequences if len(s) >= 2]
   if not usable:
     raise ValueError("no training sequence has the 2 events needed for one next-item example")
+  return usable
+
+
+def _unpadded_example(seq: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
+  seq = seq[-(max_len + 1):]
+  return {"inputs": seq[:-1], "targets": seq[1:]}
+
+
+def _packed(examples: grain.MapDataset, max_len: int, seed: int) -> grain.IterDataset:
+  """Several users per row, with `segment_ids` (0 = padding); rows are right-padded."""
+  lengths = {"inputs": max_len, "targets": max_len}
+  packed = grain.experimental.FirstFitPackIterDataset(
+      examples.map(lambda s: _unpadded_example(s, max_len)).to_iter_dataset(),
+      length_struct=lengths, num_packing_bins=16, seed=seed)
+  return packed.map(lambda row: {"inputs": row["inputs"], "targets": row["targets"],
+                                 "segment_ids": row["inputs_segment_ids"]})
+
+
+def train_dataset(sequences: Sequence[np.ndarray], *, max_len: int, batch_size: int, seed: int,
+                  padding: str = "left", pack: bool = False) -> grain.MapDataset | grain.IterDataset:
+  """An endless stream of shuffled batches; each pass over the data is a fresh permutation.
+
+  Batches may straddle the boundary between two passes, so every example is seen
+  exactly once per pass and no example is dropped. With `pack`, short sequences
+  share rows instead of being padded (`padding` is then ignored).
+  """
   if padding not in PADDING_SIDES:
     raise ValueError(f"data.padding must be one of {PADDING_SIDES}, got {padding!r}")
-  return (grain.MapDataset.source(usable)
-          .shuffle(seed=seed)
-          .repeat()
-          .map(lambda s: next_item_example(s, max_len, padding))
-          .batch(batch_size, drop_remainder=True))
+  examples = grain.MapDataset.source(_usable(sequences)).shuffle(seed=seed).repeat()
+  if pack:
+    return _packed(examples, max_len, seed).batch(batch_size, drop_remainder=True)
+  return examples.map(lambda s: next_item_example(s, max_len, padding)).batch(
+      batch_size, drop_remainder=True)
 
 
 def num_train_examples(sequences: Sequence[np.ndarray]) -> int:
   return sum(1 for s in sequences if len(s) >= 2)
+
+
+def rows_per_pass(sequences: Sequence[np.ndarray], *, max_len: int, seed: int, pack: bool) -> int:
+  """Rows one pass over the examples fills: one per example, fewer when packed."""
+  if not pack:
+    return num_train_examples(sequences)
+  one_pass = grain.MapDataset.source(_usable(sequences)).shuffle(seed=seed)
+  return sum(1 for _ in _packed(one_pass, max_len, seed))
 
 
 def eval_batches(histories: Sequence[np.ndarray], targets: np.ndarray, *, max_len: int,
