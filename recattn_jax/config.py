@@ -22,6 +22,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.data.test_quantile = 0.9
   c.data.max_len = 200
   c.data.padding = "left"
+  c.data.pack = False              # several users per row (segment ids) instead of padding
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "sasrec"

@@ -21,6 +21,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and result
 
 def main(argv):
   del argv
+  # Orbax and friends log every checkpoint step at INFO; keep this library's INFO only.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("recattn_jax").setLevel(logging.INFO)
   workdir = _WORKDIR.value or str(pathlib.Path("runs") / pathlib.Path(flags.FLAGS["config"].config_filename).stem)
   logging.info("workdir: %s", workdir)
   results = train_and_evaluate(_CONFIG.value, workdir)

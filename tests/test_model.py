@@ -69,10 +69,29 @@ def test_more_padding_does_not_change_outputs():
   np.testing.assert_allclose(a, b[:, 6:], atol=1e-5)
 
 
-def test_positions_ignore_padding_side():
-  valid = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
-  np.testing.assert_array_equal(positions_in_sequence(valid, "start"), [[0, 0, 0, 1, 2], [0, 1, 2, 0, 0]])
-  np.testing.assert_array_equal(positions_in_sequence(valid, "end"), [[0, 0, 2, 1, 0], [2, 1, 0, 0, 0]])
+def test_positions_ignore_padding_side_and_restart_per_segment():
+  segments = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 2, 3, 3]])
+  np.testing.assert_array_equal(positions_in_sequence(segments, "start"),
+                                [[0, 0, 0, 1, 2], [0, 1, 2, 0, 0], [0, 1, 0, 0, 1]])
+  np.testing.assert_array_equal(positions_in_sequence(segments, "end"),
+                                [[0, 0, 2, 1, 0], [2, 1, 0, 0, 0], [1, 0, 0, 1, 0]])
+
+
+@pytest.mark.parametrize("positions", ["start", "end"])
+def test_packed_rows_give_each_user_its_padded_outputs(positions):
+  model = make_model(positions)
+  users = [[3, 4, 5], [7, 8, 9, 10, 11], [2, 6]]
+  packed = np.array([sum(users, []) + [0, 0]])
+  segments = np.array([[1] * 3 + [2] * 5 + [3] * 2 + [0, 0]])
+  params = model.init(jax.random.key(4), jnp.asarray(packed))
+  out = model.apply(params, jnp.asarray(packed), jnp.asarray(segments))
+  offset = 0
+  for user in users:
+    alone = np.zeros((1, 12), np.int32)
+    alone[0, 12 - len(user):] = user
+    expected = model.apply(params, jnp.asarray(alone))[0, 12 - len(user):]
+    np.testing.assert_allclose(out[0, offset:offset + len(user)], expected, atol=1e-5)
+    offset += len(user)
 
 
 def test_too_long_input_is_a_clear_error():

@@ -75,3 +75,26 @@ def test_eval_batches_fixed_shape_with_weights():
   np.testing.assert_array_equal(batches[0]["exclude"][1, :9], np.arange(1, 10))
   np.testing.assert_array_equal(batches[1]["weight"], [1, 0])
   np.testing.assert_array_equal(batches[1]["targets"][:1], [2])
+
+
+def test_packing_one_pass_holds_every_event_once():
+  import grain
+  from recattn_jax.data.pipeline import _packed, rows_per_pass
+  rows = list(_packed(grain.MapDataset.source(SEQS).shuffle(seed=1), max_len=8, seed=1))
+  assert len(rows) == rows_per_pass(SEQS, max_len=8, seed=1, pack=True) < len(SEQS)
+  targets = sorted(int(t) for r in rows for t in r["targets"] if t > 0)
+  assert targets == sorted(int(t) for s in SEQS for t in s[1:][-8:])
+  for r in rows:
+    assert r["inputs"].shape == r["segment_ids"].shape == (8,)
+    np.testing.assert_array_equal(r["segment_ids"] > 0, r["inputs"] > 0)
+
+
+def test_packed_stream_batches_and_resumes():
+  it = iter(train_dataset(SEQS, max_len=8, batch_size=2, seed=1, pack=True))
+  first = next(it)
+  assert set(first) == {"inputs", "targets", "segment_ids"} and first["inputs"].shape == (2, 8)
+  state = it.get_state()
+  expected = next(it)
+  resumed = iter(train_dataset(SEQS, max_len=8, batch_size=2, seed=1, pack=True))
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["segment_ids"], expected["segment_ids"])

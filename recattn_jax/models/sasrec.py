@@ -10,22 +10,28 @@ from recattn_jax.attention import MaskSpec
 from recattn_jax.models.transformer import TransformerBlock
 
 
-def positions_in_sequence(valid: jax.Array, count_from: str) -> jax.Array:
-  """Index of each real event within its row, independent of the padding side.
+def positions_in_sequence(segment_ids: jax.Array, count_from: str) -> jax.Array:
+  """Index of each event within its segment (a user's run of events), for any padding side.
 
-  "start": 0 for the oldest event (stable when events are appended, which is what
-  a key/value cache needs); "end": 0 for the newest event (what SASRec's
-  left-padded absolute positions amount to).
+  `segment_ids` [B, L] numbers contiguous runs of one user's events, 0 for
+  padding; an unpacked row is just `items > 0`. "start": 0 for the oldest event
+  (stable when events are appended, which is what a key/value cache needs);
+  "end": 0 for the newest event (what SASRec's left-padded absolute positions
+  amount to).
   """
-  valid = valid.astype(jnp.int32)
-  from_start = jnp.cumsum(valid, axis=-1) - 1
+  length = segment_ids.shape[-1]
+  index = jnp.broadcast_to(jnp.arange(length), segment_ids.shape)
+  before = jnp.pad(segment_ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+  after = jnp.pad(segment_ids, ((0, 0), (0, 1)), constant_values=-1)[:, 1:]
+  start = jax.lax.cummax(jnp.where(segment_ids != before, index, 0), axis=1)
+  end = jax.lax.cummin(jnp.where(segment_ids != after, index, length), axis=1, reverse=True)
   if count_from == "start":
-    pos = from_start
+    pos = index - start
   elif count_from == "end":
-    pos = jnp.sum(valid, axis=-1, keepdims=True) - 1 - from_start
+    pos = end - index
   else:
     raise ValueError(f"model.positions must be 'start' or 'end', got {count_from!r}")
-  return jnp.where(valid > 0, pos, 0)
+  return jnp.where(segment_ids > 0, pos, 0)
 
 
 class SASRec(nn.Module):
@@ -59,15 +65,21 @@ class SASRec(nn.Module):
     ]
     self.final_norm = nn.LayerNorm(dtype=self.dtype)
 
-  def __call__(self, items: jax.Array, *, deterministic: bool = True) -> jax.Array:
+  def __call__(self, items: jax.Array, segment_ids: jax.Array | None = None, *,
+               deterministic: bool = True) -> jax.Array:
+    """`segment_ids` (0 = padding) marks packed rows holding several users; None: one user per row."""
     if items.shape[-1] > self.max_len:
       raise ValueError(f"sequence length {items.shape[-1]} exceeds model.max_len={self.max_len}")
     valid = items > 0
-    positions = positions_in_sequence(valid, self.positions)
+    packed = segment_ids is not None
+    segment_ids = jnp.where(valid, segment_ids, 0) if packed else valid.astype(jnp.int32)
+    positions = positions_in_sequence(segment_ids, self.positions)
     x = self.item_embed(items) * (self.embed_dim ** 0.5) + self.pos_embed(positions)
     x = self.input_dropout(x, deterministic=deterministic)
     x = (x * valid[..., None]).astype(self.dtype)
-    mask = MaskSpec(causal=True, kv_valid=valid)
+    mask = MaskSpec(causal=True, kv_valid=valid,
+                    q_segment_ids=segment_ids if packed else None,
+                    kv_segment_ids=segment_ids if packed else None)
     for block in self.blocks:
       x = block(x, mask, valid, deterministic)
     return self.final_norm(x)

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recattn_jax.data.loading import load_split
-from recattn_jax.data.pipeline import eval_batches, num_train_examples, train_dataset
+from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset
 from recattn_jax.evaluation import metrics_from_ranks
 from recattn_jax.models import build_model
 from recattn_jax.training.checkpoint import Checkpoints, Progress
@@ -75,14 +75,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   max_len = config.data.max_len
   model = build_model(config.model, num_items=split.num_items, max_len=max_len)
-  examples = num_train_examples(split.train)
-  steps_per_epoch = math.ceil(examples / config.train.batch_size)
+  rows = rows_per_pass(split.train, max_len=max_len, seed=config.seed, pack=config.data.pack)
+  steps_per_epoch = math.ceil(rows / config.train.batch_size)
   total_steps = config.train.num_epochs * steps_per_epoch
   eval_every = max(1, int(config.train.eval_every_epochs * steps_per_epoch))
   optimizer = make_optimizer(config.train, total_steps)
   state = init_state(model, optimizer, seed=config.seed, max_len=max_len, mesh=mesh)
   data_iter = iter(train_dataset(split.train, max_len=max_len, batch_size=config.train.batch_size,
-                                 seed=config.seed, padding=config.data.padding))
+                                 seed=config.seed, padding=config.data.padding,
+                                 pack=config.data.pack))
 
   checkpoints = Checkpoints(workdir)
   progress = Progress()
@@ -121,8 +122,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if step % eval_every == 0 or step == total_steps:
       valid = evaluate(rank_step, state.params, split.valid, config=config, mesh=mesh)
       score = valid[primary][config.train.early_stopping_metric]
-      writer.write(step, "valid", {f"{k}": v for k, v in valid[primary].items()},
-                   epoch=step / steps_per_epoch, protocol=primary)
+      now = time.perf_counter()
+      progress.train_seconds += now - segment_start
+      segment_start = now
+      writer.write(step, "valid", valid[primary], epoch=step / steps_per_epoch, protocol=primary,
+                   train_seconds=progress.train_seconds)
       if score > progress.best_metric:
         progress.best_metric, progress.best_step = score, step
         progress.evals_without_improvement = 0
@@ -131,9 +135,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         progress.evals_without_improvement += 1
       progress.finished = (progress.evals_without_improvement >= config.train.patience
                            or step >= total_steps)
-      now = time.perf_counter()
-      progress.train_seconds += now - segment_start
-      segment_start = now
       log.info("step %d epoch %.1f: valid %s=%.4f (best %.4f at step %d)%s", step, step / steps_per_epoch,
                config.train.early_stopping_metric, score, progress.best_metric, progress.best_step,
                " - stopping" if progress.finished else "")

@@ -32,7 +32,8 @@ class MetricWriter:
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     for name, value in metrics.items():
-      self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+      # TensorBoard tags may not contain "@".
+      self._tb.add_scalar(f"{split}/{name.replace('@', '_at_')}", float(value), int(step))
 
   def close(self):
     self._file.close()

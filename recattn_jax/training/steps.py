@@ -78,7 +78,8 @@ def catalogue_logits(hidden: jax.Array, item_table: jax.Array) -> jax.Array:
 
 def next_item_loss(model: nn.Module, params, batch, dropout_key) -> tuple[jax.Array, dict]:
   """Full-softmax cross-entropy over the catalogue at every real position."""
-  hidden = model.apply(params, batch["inputs"], deterministic=False, rngs={"dropout": dropout_key})
+  hidden = model.apply(params, batch["inputs"], batch.get("segment_ids"), deterministic=False,
+                       rngs={"dropout": dropout_key})
   item_table = params["params"]["item_embed"]["embedding"]
   logits = catalogue_logits(hidden, item_table)
   targets = batch["targets"]
