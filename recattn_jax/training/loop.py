@@ -78,7 +78,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   rows = rows_per_pass(split.train, max_len=max_len, seed=config.seed, pack=config.data.pack)
   steps_per_epoch = math.ceil(rows / config.train.batch_size)
   total_steps = config.train.num_epochs * steps_per_epoch
-  eval_every = max(1, int(config.train.eval_every_epochs * steps_per_epoch))
   optimizer = make_optimizer(config.train, total_steps)
   state = init_state(model, optimizer, seed=config.seed, max_len=max_len, mesh=mesh)
   data_iter = iter(train_dataset(split.train, max_len=max_len, batch_size=config.train.batch_size,
@@ -94,30 +93,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2), encoding="utf-8")
 
   writer = MetricWriter(workdir, resume_step=int(state.step))
+  try:
+    state = _train(state, progress, config=config, split=split, model=model, optimizer=optimizer,
+                   mesh=mesh, data_iter=data_iter, checkpoints=checkpoints, writer=writer,
+                   steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    results = _final_results(state, progress, config=config, split=split, model=model, mesh=mesh,
+                             checkpoints=checkpoints, steps_per_epoch=steps_per_epoch)
+    writer.write(int(state.step), "test", results["test"][results["primary_protocol"]],
+                 protocol=results["primary_protocol"])
+  finally:
+    writer.close()
+    checkpoints.close()
+  _write_json(workdir / "results.json", results)
+  return results
+
+
+def _train(state, progress: Progress, *, config, split, model, optimizer, mesh, data_iter,
+           checkpoints: Checkpoints, writer: MetricWriter, steps_per_epoch: int, total_steps: int):
+  """Steps until early stopping or `total_steps`; evaluates and checkpoints every `eval_every` steps."""
+  eval_every = max(1, int(config.train.eval_every_epochs * steps_per_epoch))
   train_step = make_train_step(model, optimizer, mesh, state)
   rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
   primary = PROTOCOLS[config.eval.exclude_seen]
   step = int(state.step)
-  bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
-             disable=progress.finished or not config.train.progress_bar, mininterval=2.0)
-  window_start, window_steps, window_events, window_loss = time.perf_counter(), 0, 0.0, 0.0
+  bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0,
+             disable=progress.finished or not config.train.progress_bar)
+  window_start, window_steps, window_events = time.perf_counter(), 0, 0.0
   segment_start = time.perf_counter()
 
   while not progress.finished and step < total_steps:
     state, metrics = train_step(state, shard_batch(next(data_iter), mesh))
     step += 1
     window_steps += 1
+    window_events += metrics["events"]  # stays on device: no sync per step
     bar.update(1)
     if step % config.train.log_every_steps == 0 or step % eval_every == 0:
       metrics = jax.device_get(metrics)
-      window_loss += float(metrics["loss"])
       elapsed = time.perf_counter() - window_start
       bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
       writer.write(step, "train", {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
                                    "steps_per_second": window_steps / elapsed,
-                                   "events_per_second": window_steps * float(metrics["events"]) / elapsed},
+                                   "events_per_second": float(window_events) / elapsed},
                    epoch=step / steps_per_epoch)
-      window_start, window_steps = time.perf_counter(), 0
+      window_start, window_steps, window_events = time.perf_counter(), 0, 0.0
 
     if step % eval_every == 0 or step == total_steps:
       valid = evaluate(rank_step, state.params, split.valid, config=config, mesh=mesh)
@@ -141,22 +159,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       checkpoints.save_latest(step, state, data_iter, progress)
   bar.close()
   checkpoints.wait()
+  return state
 
+
+def _final_results(state, progress: Progress, *, config, split, model, mesh, checkpoints: Checkpoints,
+                   steps_per_epoch: int) -> dict:
+  """Test and validation metrics of the best checkpoint, with what is needed to reproduce them."""
+  rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
   best_params = checkpoints.restore_best(state.params)
-  results = {
+  return {
       "test": evaluate(rank_step, best_params, split.test, config=config, mesh=mesh),
       "valid": evaluate(rank_step, best_params, split.valid, config=config, mesh=mesh),
-      "primary_protocol": primary,
+      "primary_protocol": PROTOCOLS[config.eval.exclude_seen],
       "best_step": progress.best_step,
       "best_epoch": progress.best_step / steps_per_epoch,
-      "steps_run": step,
+      "steps_run": int(state.step),
       "train_seconds": progress.train_seconds,
       "num_devices": mesh.size,
       "data": split.stats,
       "config": json.loads(config.to_json_best_effort()),
   }
-  writer.write(step, "test", results["test"][primary], protocol=primary)
-  writer.close()
-  checkpoints.close()
-  _write_json(workdir / "results.json", results)
-  return results

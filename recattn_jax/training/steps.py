@@ -96,6 +96,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, m
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   replicated = NamedSharding(mesh, P())
 
+  # One trace per run: a second one means batch shapes or dtypes changed (a silent recompile).
+  chex.clear_trace_counter()
+
   @chex.assert_max_traces(n=1)
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     dropout_key = jax.random.fold_in(state.dropout_key, state.step)
