@@ -1,0 +1,122 @@
+"""Training throughput and time-to-quality: padded vs packed rows, reference vs best attention.
+
+  .venv/bin/python benchmarks/train_bench.py --datasets ml-100k --epochs 30 --target 0.09
+
+Each variant trains the same config from the same seed for up to `--epochs`
+epochs (evaluating every epoch) and reports, from its `metrics.jsonl`:
+  * events/s: training target events per second, the median over logging
+    windows after the first (which holds compilation);
+  * seconds to reach `--target` validation NDCG@10 (seen items excluded),
+    counting training and evaluation wall time, or "-" when not reached;
+  * the best validation NDCG@10.
+Prints a table with each variant's speed-up over the padded reference run and
+writes benchmarks/results/train_<backend>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+
+import jax
+
+from recattn_jax.config import get_default_config
+from recattn_jax.training.loop import train_and_evaluate
+from recattn_jax.training.metric_writer import read_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Where the shared datasets are: beside the checkout, or (on a machine without it) wherever this says.
+SHARED = pathlib.Path(os.environ.get("RECATTN_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATASETS = {
+    "ml-100k": dict(path=SHARED / "ml-100k", format="recbole", max_len=200,
+                    batch_size=32, dropout=0.5),
+    "amazon-sports": dict(path=SHARED / "amazon-sports" / "Sports_and_Outdoors.txt",
+                          format="sequence", max_len=50, batch_size=64, dropout=0.5),
+}
+VARIANTS = {  # name -> (pack, attention implementation)
+    "padded/reference": (False, "reference"),
+    "padded/auto": (False, "auto"),
+    "packed/reference": (True, "reference"),
+    "packed/auto": (True, "auto"),
+}
+
+
+def run_variant(dataset: str, pack: bool, impl: str, *, epochs: int, workdir: pathlib.Path) -> list[dict]:
+  spec = DATASETS[dataset]
+  config = get_default_config()
+  config.data.name = dataset
+  config.data.path = str(spec["path"])
+  config.data.format = spec["format"]
+  config.data.max_len = spec["max_len"]
+  config.data.pack = pack
+  config.model.attention_impl = impl
+  config.model.dropout = spec["dropout"]
+  config.train.batch_size = spec["batch_size"]
+  config.train.num_epochs = epochs
+  config.train.eval_every_epochs = 1
+  config.train.patience = epochs  # run every epoch: the same work for each variant
+  config.train.log_every_steps = 5
+  config.train.progress_bar = False
+  train_and_evaluate(config, workdir)
+  return read_metrics(workdir)
+
+
+def summarise(records: list[dict], target: float) -> dict:
+  train = [r for r in records if r["split"] == "train"]
+  valid = [r for r in records if r["split"] == "valid"]
+  reached = [r["train_seconds"] for r in valid if r["NDCG@10"] >= target]
+  return {
+      "events_per_second": statistics.median(r["events_per_second"] for r in train[1:] or train),
+      "seconds_to_target": reached[0] if reached else None,
+      "best_valid_ndcg10": max(r["NDCG@10"] for r in valid),
+      "total_seconds": valid[-1]["train_seconds"],
+  }
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--datasets", nargs="+", default=["ml-100k"], choices=sorted(DATASETS))
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+  parser.add_argument("--epochs", type=int, default=30)
+  parser.add_argument("--target", type=float, default=0.09, help="validation NDCG@10 to reach")
+  parser.add_argument("--out", type=pathlib.Path, default=None)
+  args = parser.parse_args(argv)
+
+  backend = jax.default_backend()
+  results = {"backend": backend, "device": str(jax.devices()[0].device_kind), "epochs": args.epochs,
+             "target_valid_ndcg10": args.target, "runs": {}}
+  with tempfile.TemporaryDirectory() as tmp:
+    for dataset in args.datasets:
+      if not DATASETS[dataset]["path"].exists():
+        print(f"skipping {dataset}: {DATASETS[dataset]['path']} is absent", file=sys.stderr)
+        continue
+      for name in args.variants:
+        pack, impl = VARIANTS[name]
+        records = run_variant(dataset, pack, impl, epochs=args.epochs,
+                              workdir=pathlib.Path(tmp) / dataset / name.replace("/", "_"))
+        results["runs"][f"{dataset} {name}"] = summarise(records, args.target)
+        print(f"{dataset} {name}: {results['runs'][f'{dataset} {name}']}", flush=True)
+
+  print(f"\nbackend {backend} ({results['device']}), {args.epochs} epochs, target valid NDCG@10 {args.target}")
+  header = f"{'dataset / variant':<34}{'events/s':>11}{'speed-up':>10}{'s to target':>13}{'best NDCG@10':>14}"
+  print(header)
+  for key, row in results["runs"].items():
+    baseline = results["runs"].get(f"{key.split()[0]} padded/reference")
+    speedup = row["events_per_second"] / baseline["events_per_second"] if baseline else float("nan")
+    to_target = f"{row['seconds_to_target']:.0f}" if row["seconds_to_target"] is not None else "-"
+    print(f"{key:<34}{row['events_per_second']:>11.0f}{speedup:>9.2f}x{to_target:>13}"
+          f"{row['best_valid_ndcg10']:>14.4f}")
+  out = args.out or REPO / "benchmarks" / "results" / f"train_{backend}.json"
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=2))
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
