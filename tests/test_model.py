@@ -98,3 +98,32 @@ def test_too_long_input_is_a_clear_error():
   model = make_model(max_len=4)
   with pytest.raises(ValueError, match="max_len=4"):
     model.init(jax.random.key(0), jnp.ones((1, 5), jnp.int32))
+
+
+def test_cached_extension_equals_full_recomputation():
+  model = make_model("start", max_len=12)
+  rng = np.random.default_rng(5)
+  lengths = [1, 4, 7]
+  events = rng.integers(1, 41, size=(3, 11))
+  params = model.init(jax.random.key(6), jnp.zeros((3, 12), jnp.int32))
+  history = np.zeros((3, 8), np.int32)
+  for row, n in enumerate(lengths):
+    history[row, :n] = events[row, :n]
+  users, cache = model.apply(params, jnp.asarray(history), method=model.prefill)
+  extend = jax.jit(lambda c, x: model.apply(params, c, x, method=model.extend))
+  for t in range(4):
+    new = np.array([events[row, n + t] for row, n in enumerate(lengths)])
+    users, cache = extend(cache, jnp.asarray(new))
+    full = np.zeros((3, 12), np.int32)
+    for row, n in enumerate(lengths):
+      full[row, :n + t + 1] = events[row, :n + t + 1]
+    expected = last_hidden(model.apply(params, jnp.asarray(full)), jnp.asarray(full))
+    np.testing.assert_allclose(users, expected, atol=1e-5)
+  np.testing.assert_array_equal(cache["length"], np.array(lengths) + 4)
+
+
+def test_cache_refuses_positions_counted_from_the_end():
+  model = make_model("end")
+  params = model.init(jax.random.key(0), jnp.ones((1, 12), jnp.int32))
+  with pytest.raises(ValueError, match="positions='start'"):
+    model.apply(params, jnp.ones((1, 3), jnp.int32), method=model.prefill)

@@ -60,29 +60,76 @@ class SASRec(nn.Module):
                               embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")
     self.input_dropout = nn.Dropout(self.dropout_rate)
     self.blocks = [
-        TransformerBlock(self.num_heads, self.ff_dim, self.dropout_rate, self.attention_impl,
-                         self.dtype, name=f"block_{i}") for i in range(self.num_layers)
+        TransformerBlock(self.embed_dim, self.num_heads, self.ff_dim, self.dropout_rate,
+                         self.attention_impl, self.dtype, name=f"block_{i}")
+        for i in range(self.num_layers)
     ]
     self.final_norm = nn.LayerNorm(dtype=self.dtype)
 
   def __call__(self, items: jax.Array, segment_ids: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
     """`segment_ids` (0 = padding) marks packed rows holding several users; None: one user per row."""
+    return self._encode(items, segment_ids, deterministic)[0]
+
+  def _embed(self, items: jax.Array, positions: jax.Array, deterministic: bool) -> jax.Array:
+    x = self.item_embed(items) * (self.embed_dim ** 0.5) + self.pos_embed(positions)
+    x = self.input_dropout(x, deterministic=deterministic)
+    return (x * (items > 0)[..., None]).astype(self.dtype)
+
+  def _encode(self, items, segment_ids, deterministic):
     if items.shape[-1] > self.max_len:
       raise ValueError(f"sequence length {items.shape[-1]} exceeds model.max_len={self.max_len}")
     valid = items > 0
     packed = segment_ids is not None
     segment_ids = jnp.where(valid, segment_ids, 0) if packed else valid.astype(jnp.int32)
-    positions = positions_in_sequence(segment_ids, self.positions)
-    x = self.item_embed(items) * (self.embed_dim ** 0.5) + self.pos_embed(positions)
-    x = self.input_dropout(x, deterministic=deterministic)
-    x = (x * valid[..., None]).astype(self.dtype)
+    x = self._embed(items, positions_in_sequence(segment_ids, self.positions), deterministic)
     mask = MaskSpec(causal=True, kv_valid=valid,
                     q_segment_ids=segment_ids if packed else None,
                     kv_segment_ids=segment_ids if packed else None)
+    keys, values = [], []
     for block in self.blocks:
-      x = block(x, mask, valid, deterministic)
-    return self.final_norm(x)
+      x, k, v = block(x, mask, valid, deterministic)
+      keys.append(k)
+      values.append(v)
+    return self.final_norm(x), keys, values
+
+  def prefill(self, items: jax.Array) -> tuple[jax.Array, dict]:
+    """Encodes right-padded histories and returns (user representations [B, D], cache).
+
+    The cache holds every layer's keys and values ([layers, B, max_len, H, Dh])
+    and each row's length, so that `extend` can add one event in O(L) work
+    instead of re-encoding the whole history in O(L^2).
+    """
+    self._check_cacheable(items)
+    hidden, keys, values = self._encode(items, None, True)
+    pad = ((0, 0), (0, self.max_len - items.shape[1]), (0, 0), (0, 0))
+    cache = {"keys": jnp.stack([jnp.pad(k, pad) for k in keys]),
+             "values": jnp.stack([jnp.pad(v, pad) for v in values]),
+             "length": jnp.sum(items > 0, axis=-1).astype(jnp.int32)}
+    return last_hidden(hidden, items), cache
+
+  def extend(self, cache: dict, new_items: jax.Array) -> tuple[jax.Array, dict]:
+    """Appends one event per row ([B]) and returns (user representations [B, D], cache).
+
+    Rows must have fewer than `max_len` events before the call; once full, encode
+    the newest events again with `prefill`.
+    """
+    index = cache["length"]
+    x = self._embed(new_items[:, None], index[:, None], True)
+    keys, values = [], []
+    for layer, block in enumerate(self.blocks):
+      x, k, v = block.step(x, cache["keys"][layer], cache["values"][layer], index)
+      keys.append(k)
+      values.append(v)
+    cache = {"keys": jnp.stack(keys), "values": jnp.stack(values), "length": index + 1}
+    return self.final_norm(x)[:, 0], cache
+
+  def _check_cacheable(self, items):
+    if self.positions != "start":
+      raise ValueError("a key/value cache needs model.positions='start' (positions that do not "
+                       "change when events are appended)")
+    if items.shape[1] > self.max_len:
+      raise ValueError(f"history length {items.shape[1]} exceeds model.max_len={self.max_len}")
 
   def item_embeddings(self) -> jax.Array:
     """[num_items + 1, D]; row 0 is padding and is never a valid prediction."""
