@@ -127,3 +127,19 @@ def test_cache_refuses_positions_counted_from_the_end():
   params = model.init(jax.random.key(0), jnp.ones((1, 12), jnp.int32))
   with pytest.raises(ValueError, match="positions='start'"):
     model.apply(params, jnp.ones((1, 3), jnp.int32), method=model.prefill)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_matches():
+  config = get_default_config().model
+  config.embed_dim, config.num_heads, config.ff_dim = 16, 2, 32
+  fp32 = build_model(config, num_items=40, max_len=12)
+  config.dtype = "bfloat16"
+  bf16 = build_model(config, num_items=40, max_len=12)
+  items = jnp.asarray(np.random.default_rng(0).integers(0, 41, size=(4, 12)))
+  params = fp32.init(jax.random.key(0), items)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(bf16.init(jax.random.key(0), items)))
+  low = bf16.apply(params, items)
+  assert low.dtype == jnp.bfloat16
+  high = fp32.apply(params, items)
+  rel = np.linalg.norm(np.asarray(low, np.float32) - high) / np.linalg.norm(high)
+  assert rel < 3e-2

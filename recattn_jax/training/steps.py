@@ -71,8 +71,13 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, *, see
 
 
 def catalogue_logits(hidden: jax.Array, item_table: jax.Array) -> jax.Array:
-  """Scores of every item (padding row masked out) in float32."""
-  logits = jnp.einsum("...d,nd->...n", hidden, item_table, preferred_element_type=jnp.float32)
+  """Scores of every item (padding row masked out), accumulated and returned in float32.
+
+  The table is cast to the activations' dtype so that a bf16 model multiplies in
+  bf16 while its parameters and the softmax stay in float32.
+  """
+  logits = jnp.einsum("...d,nd->...n", hidden, item_table.astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
   return logits.at[..., 0].set(-1e30)
 
 
