@@ -4,10 +4,17 @@
 
 Shapes follow `jax.nn.dot_product_attention`: q [B, Lq, H, D], k and v
 [B, Lk, H, D], output [B, Lq, H, D]. Query rows that may attend to no key
-return zeros (never NaN).
+return zeros (never NaN). See docs/attention.md for the engines and `auto`.
 """
 
-from recattn_jax.attention.api import IMPLEMENTATIONS, attend
-from recattn_jax.attention.mask import MaskSpec, dense_mask
+from recattn_jax.attention.api import (IMPLEMENTATIONS, KINDS, POINTWISE_IMPLEMENTATIONS,
+                                       attend, select_implementation)
+from recattn_jax.attention.blockwise import blockwise_attention, blockwise_stats
+from recattn_jax.attention.mask import BlockSparse, MaskSpec, dense_mask, visible_rows
+from recattn_jax.attention.pointwise import pointwise_normalizer
 
-__all__ = ["IMPLEMENTATIONS", "MaskSpec", "attend", "dense_mask"]
+__all__ = [
+    "IMPLEMENTATIONS", "KINDS", "POINTWISE_IMPLEMENTATIONS", "BlockSparse", "MaskSpec",
+    "attend", "blockwise_attention", "blockwise_stats", "dense_mask", "pointwise_normalizer",
+    "select_implementation", "visible_rows",
+]
