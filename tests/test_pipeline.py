@@ -98,3 +98,13 @@ def test_packed_stream_batches_and_resumes():
   resumed = iter(train_dataset(SEQS, max_len=8, batch_size=2, seed=1, pack=True))
   resumed.set_state(state)
   np.testing.assert_array_equal(next(resumed)["segment_ids"], expected["segment_ids"])
+
+
+def test_windows_cover_every_target_once():
+  from recattn_jax.data.pipeline import rows_per_pass, windows
+  seq = np.arange(1, 12)
+  cut = windows(seq, 4)
+  assert [list(w) for w in cut] == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3]]
+  assert sorted(t for w in cut for t in w[1:]) == list(range(2, 12))
+  assert rows_per_pass([seq], max_len=4, seed=0, pack=False, all_windows=True) == 3
+  assert rows_per_pass([seq], max_len=4, seed=0, pack=False) == 1

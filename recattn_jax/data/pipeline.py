@@ -32,8 +32,24 @@ def next_item_example(seq: np.ndarray, max_len: int, side: str) -> dict[str, np.
   return {"inputs": pad_to(seq[:-1], max_len, side), "targets": pad_to(seq[1:], max_len, side)}
 
 
-def _usable(sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
+def windows(seq: np.ndarray, max_len: int) -> list[np.ndarray]:
+  """Cuts a long sequence into examples of at most `max_len` predictions, newest first.
+
+  Consecutive windows overlap by one event, so every event of the sequence
+  (but the first) is a target exactly once.
+  """
+  seq = np.asarray(seq, np.int32)
+  out = []
+  for end in range(len(seq), 1, -max_len):
+    out.append(seq[max(0, end - max_len - 1):end])
+  return out
+
+
+def _usable(sequences: Sequence[np.ndarray], max_len: int | None = None) -> list[np.ndarray]:
+  """Sequences with at least one prediction; with `max_len`, long ones become several windows."""
   usable = [np.asarray(s, np.int32) for s in sequences if len(s) >= 2]
+  if max_len is not None:
+    usable = [w for s in usable for w in windows(s, max_len)]
   if not usable:
     raise ValueError("no training sequence has the 2 events needed for one next-item example")
   return usable
@@ -55,31 +71,33 @@ def _packed(examples: grain.MapDataset, max_len: int, seed: int) -> grain.IterDa
 
 
 def train_dataset(sequences: Sequence[np.ndarray], *, max_len: int, batch_size: int, seed: int,
-                  padding: str = "left", pack: bool = False) -> grain.MapDataset | grain.IterDataset:
+                  padding: str = "left", pack: bool = False,
+                  all_windows: bool = False) -> grain.MapDataset | grain.IterDataset:
   """An endless stream of shuffled batches; each pass over the data is a fresh permutation.
 
   Batches may straddle the boundary between two passes, so every example is seen
   exactly once per pass and no example is dropped. With `pack`, short sequences
-  share rows instead of being padded (`padding` is then ignored).
+  share rows instead of being padded (`padding` is then ignored). Sequences
+  longer than `max_len + 1` train on their newest window only, or with
+  `all_windows` on all their windows.
   """
   if padding not in PADDING_SIDES:
     raise ValueError(f"data.padding must be one of {PADDING_SIDES}, got {padding!r}")
-  examples = grain.MapDataset.source(_usable(sequences)).shuffle(seed=seed).repeat()
+  usable = _usable(sequences, max_len if all_windows else None)
+  examples = grain.MapDataset.source(usable).shuffle(seed=seed).repeat()
   if pack:
     return _packed(examples, max_len, seed).batch(batch_size, drop_remainder=True)
   return examples.map(lambda s: next_item_example(s, max_len, padding)).batch(
       batch_size, drop_remainder=True)
 
 
-def num_train_examples(sequences: Sequence[np.ndarray]) -> int:
-  return sum(1 for s in sequences if len(s) >= 2)
-
-
-def rows_per_pass(sequences: Sequence[np.ndarray], *, max_len: int, seed: int, pack: bool) -> int:
+def rows_per_pass(sequences: Sequence[np.ndarray], *, max_len: int, seed: int, pack: bool,
+                  all_windows: bool = False) -> int:
   """Rows one pass over the examples fills: one per example, fewer when packed."""
+  usable = _usable(sequences, max_len if all_windows else None)
   if not pack:
-    return num_train_examples(sequences)
-  one_pass = grain.MapDataset.source(_usable(sequences)).shuffle(seed=seed)
+    return len(usable)
+  one_pass = grain.MapDataset.source(usable).shuffle(seed=seed)
   return sum(1 for _ in _packed(one_pass, max_len, seed))
 
 

@@ -75,14 +75,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   max_len = config.data.max_len
   model = build_model(config.model, num_items=split.num_items, max_len=max_len)
-  rows = rows_per_pass(split.train, max_len=max_len, seed=config.seed, pack=config.data.pack)
+  rows = rows_per_pass(split.train, max_len=max_len, seed=config.seed, pack=config.data.pack,
+                       all_windows=config.data.all_windows)
   steps_per_epoch = math.ceil(rows / config.train.batch_size)
   total_steps = config.train.num_epochs * steps_per_epoch
   optimizer = make_optimizer(config.train, total_steps)
   state = init_state(model, optimizer, seed=config.seed, max_len=max_len, mesh=mesh)
   data_iter = iter(train_dataset(split.train, max_len=max_len, batch_size=config.train.batch_size,
                                  seed=config.seed, padding=config.data.padding,
-                                 pack=config.data.pack))
+                                 pack=config.data.pack, all_windows=config.data.all_windows))
 
   checkpoints = Checkpoints(workdir)
   progress = Progress()
