@@ -38,15 +38,17 @@ DATASETS = {
     "amazon-sports": dict(path=SHARED / "amazon-sports" / "Sports_and_Outdoors.txt",
                           format="sequence", max_len=50, batch_size=64, dropout=0.5),
 }
-VARIANTS = {  # name -> (pack, attention implementation)
-    "padded/reference": (False, "reference"),
-    "padded/auto": (False, "auto"),
-    "packed/reference": (True, "reference"),
-    "packed/auto": (True, "auto"),
+VARIANTS = {  # name -> (pack, attention implementation, compute dtype)
+    "padded/reference": (False, "reference", "float32"),
+    "padded/auto": (False, "auto", "float32"),
+    "packed/reference": (True, "reference", "float32"),
+    "packed/auto": (True, "auto", "float32"),
+    "packed/auto/bf16": (True, "auto", "bfloat16"),
 }
 
 
-def run_variant(dataset: str, pack: bool, impl: str, *, epochs: int, workdir: pathlib.Path) -> list[dict]:
+def run_variant(dataset: str, pack: bool, impl: str, dtype: str, *, epochs: int,
+                workdir: pathlib.Path) -> list[dict]:
   spec = DATASETS[dataset]
   config = get_default_config()
   config.data.name = dataset
@@ -55,6 +57,7 @@ def run_variant(dataset: str, pack: bool, impl: str, *, epochs: int, workdir: pa
   config.data.max_len = spec["max_len"]
   config.data.pack = pack
   config.model.attention_impl = impl
+  config.model.dtype = dtype
   config.model.dropout = spec["dropout"]
   config.train.batch_size = spec["batch_size"]
   config.train.num_epochs = epochs
@@ -81,7 +84,7 @@ def summarise(records: list[dict], target: float) -> dict:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--datasets", nargs="+", default=["ml-100k"], choices=sorted(DATASETS))
-  parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS)[:4], choices=list(VARIANTS))
   parser.add_argument("--epochs", type=int, default=30)
   parser.add_argument("--target", type=float, default=0.09, help="validation NDCG@10 to reach")
   parser.add_argument("--out", type=pathlib.Path, default=None)
@@ -96,8 +99,7 @@ def main(argv=None) -> int:
         print(f"skipping {dataset}: {DATASETS[dataset]['path']} is absent", file=sys.stderr)
         continue
       for name in args.variants:
-        pack, impl = VARIANTS[name]
-        records = run_variant(dataset, pack, impl, epochs=args.epochs,
+        records = run_variant(dataset, *VARIANTS[name], epochs=args.epochs,
                               workdir=pathlib.Path(tmp) / dataset / name.replace("/", "_"))
         results["runs"][f"{dataset} {name}"] = summarise(records, args.target)
         print(f"{dataset} {name}: {results['runs'][f'{dataset} {name}']}", flush=True)

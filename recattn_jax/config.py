@@ -43,6 +43,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.98
   c.train.weight_decay = 0.0
   c.train.warmup_steps = 0
+  c.train.schedule = "constant"    # or "cosine": decay to zero at num_epochs
   c.train.grad_clip = 1.0
   c.train.num_epochs = 200
   c.train.eval_every_epochs = 5

@@ -43,10 +43,20 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def learning_rate_schedule(train_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warm-up, then constant or cosine decay to zero at `total_steps`."""
+  peak = train_config.learning_rate
   warmup = min(train_config.warmup_steps, max(total_steps - 1, 0))
-  schedule = optax.warmup_constant_schedule(0.0, train_config.learning_rate, max(warmup, 1)) \
-      if warmup else train_config.learning_rate
+  if train_config.schedule == "constant":
+    return optax.warmup_constant_schedule(0.0 if warmup else peak, peak, max(warmup, 1))
+  if train_config.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, max(warmup, 1),
+                                              max(total_steps, warmup + 1))
+  raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {train_config.schedule!r}")
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(train_config, total_steps)
   return optax.chain(
       optax.clip_by_global_norm(train_config.grad_clip) if train_config.grad_clip else optax.identity(),
       optax.adamw(schedule, b1=train_config.b1, b2=train_config.b2,
