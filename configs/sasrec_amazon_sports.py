@@ -19,10 +19,7 @@ def get_config():
   config.data.path = str(_DATA)
   config.data.format = "sequence"
   config.data.max_len = 50
-  config.data.pack = True
   config.model.dropout = 0.5
   config.train.batch_size = 64
-  config.train.num_epochs = 200
-  config.train.eval_every_epochs = 2
-  config.train.patience = 5
+  config.train.num_epochs = 100
   return config
