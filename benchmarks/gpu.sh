@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())' | tee -a "$OUT/gpu.txt"
 
 if [ "${1:-full}" = quick ]; then
-  timeout 200 python3 benchmarks/train_bench.py --datasets ml-100k --epochs 6 \
+  timeout 150 python3 benchmarks/train_bench.py --datasets ml-100k --epochs 5 \
     --variants padded/reference packed/auto packed/auto/bf16 --out "$OUT/train_gpu.json" | tee "$OUT/train.txt"
   exit
 fi

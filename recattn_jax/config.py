@@ -23,6 +23,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.data.max_len = 200
   c.data.padding = "left"
   c.data.pack = True               # several users per row (segment ids) instead of padding
+  c.data.prefetch = 4              # batches prepared ahead in a background thread (0: none)
   c.data.all_windows = False       # long histories train on every max_len window, not the newest
 
   c.model = ml_collections.ConfigDict()

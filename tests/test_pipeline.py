@@ -108,3 +108,17 @@ def test_windows_cover_every_target_once():
   assert sorted(t for w in cut for t in w[1:]) == list(range(2, 12))
   assert rows_per_pass([seq], max_len=4, seed=0, pack=False, all_windows=True) == 3
   assert rows_per_pass([seq], max_len=4, seed=0, pack=False) == 1
+
+
+def test_prefetched_stream_equals_plain_stream_and_resumes():
+  plain = iter(train_dataset(SEQS, max_len=8, batch_size=2, seed=2, pack=True))
+  fetched = iter(train_dataset(SEQS, max_len=8, batch_size=2, seed=2, pack=True, prefetch=3))
+  for _ in range(4):
+    np.testing.assert_array_equal(next(plain)["inputs"], next(fetched)["inputs"])
+  state = fetched.get_state()
+  expected = next(fetched)
+  resumed = iter(train_dataset(SEQS, max_len=8, batch_size=2, seed=2, pack=True, prefetch=3))
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["inputs"], expected["inputs"])
+  for it in (fetched, resumed):
+    it.close()

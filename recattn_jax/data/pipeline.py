@@ -72,23 +72,30 @@ def _packed(examples: grain.MapDataset, max_len: int, seed: int) -> grain.IterDa
 
 def train_dataset(sequences: Sequence[np.ndarray], *, max_len: int, batch_size: int, seed: int,
                   padding: str = "left", pack: bool = False,
-                  all_windows: bool = False) -> grain.MapDataset | grain.IterDataset:
+                  all_windows: bool = False, prefetch: int = 0) -> grain.MapDataset | grain.IterDataset:
   """An endless stream of shuffled batches; each pass over the data is a fresh permutation.
 
   Batches may straddle the boundary between two passes, so every example is seen
   exactly once per pass and no example is dropped. With `pack`, short sequences
   share rows instead of being padded (`padding` is then ignored). Sequences
   longer than `max_len + 1` train on their newest window only, or with
-  `all_windows` on all their windows.
+  `all_windows` on all their windows. `prefetch` > 0 prepares that many batches
+  in a background thread, so that packing overlaps the device's work.
   """
   if padding not in PADDING_SIDES:
     raise ValueError(f"data.padding must be one of {PADDING_SIDES}, got {padding!r}")
   usable = _usable(sequences, max_len if all_windows else None)
   examples = grain.MapDataset.source(usable).shuffle(seed=seed).repeat()
   if pack:
-    return _packed(examples, max_len, seed).batch(batch_size, drop_remainder=True)
-  return examples.map(lambda s: next_item_example(s, max_len, padding)).batch(
-      batch_size, drop_remainder=True)
+    batches = _packed(examples, max_len, seed).batch(batch_size, drop_remainder=True)
+  else:
+    batches = examples.map(lambda s: next_item_example(s, max_len, padding)).batch(
+        batch_size, drop_remainder=True)
+  if prefetch:
+    batches = grain.experimental.ThreadPrefetchIterDataset(
+        batches.to_iter_dataset() if isinstance(batches, grain.MapDataset) else batches,
+        prefetch_buffer_size=prefetch)
+  return batches
 
 
 def rows_per_pass(sequences: Sequence[np.ndarray], *, max_len: int, seed: int, pack: bool,

@@ -83,7 +83,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   state = init_state(model, optimizer, seed=config.seed, max_len=max_len, mesh=mesh)
   data_iter = iter(train_dataset(split.train, max_len=max_len, batch_size=config.train.batch_size,
                                  seed=config.seed, padding=config.data.padding,
-                                 pack=config.data.pack, all_windows=config.data.all_windows))
+                                 pack=config.data.pack, all_windows=config.data.all_windows,
+                                 prefetch=config.data.prefetch))
 
   checkpoints = Checkpoints(workdir)
   progress = Progress()
@@ -103,6 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer.write(int(state.step), "test", results["test"][results["primary_protocol"]],
                  protocol=results["primary_protocol"])
   finally:
+    data_iter.close()
     writer.close()
     checkpoints.close()
   _write_json(workdir / "results.json", results)
