@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import sys
@@ -25,17 +24,15 @@ import tempfile
 
 import jax
 
-from recattn_jax.config import get_default_config
+from recattn_jax.config import SHARED_DATA, get_default_config
 from recattn_jax.training.loop import train_and_evaluate
 from recattn_jax.training.metric_writer import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Where the shared datasets are: beside the checkout, or (on a machine without it) wherever this says.
-SHARED = pathlib.Path(os.environ.get("RECATTN_SHARED_DATA", REPO.parent / "shared" / "data"))
 DATASETS = {
-    "ml-100k": dict(path=SHARED / "ml-100k", format="recbole", max_len=200,
+    "ml-100k": dict(path=SHARED_DATA / "ml-100k", format="recbole", max_len=200,
                     batch_size=32, dropout=0.5),
-    "amazon-sports": dict(path=SHARED / "amazon-sports" / "Sports_and_Outdoors.txt",
+    "amazon-sports": dict(path=SHARED_DATA / "amazon-sports" / "Sports_and_Outdoors.txt",
                           format="sequence", max_len=50, batch_size=64, dropout=0.5),
 }
 VARIANTS = {  # name -> (pack, attention implementation, compute dtype)

@@ -1,25 +1,13 @@
-"""SASRec+ on Amazon Sports and Outdoors (S3Rec's 5-core preprocessing, `../shared/data/amazon-sports`).
+"""SASRec+ on Amazon Sports and Outdoors (S3Rec's 5-core file in `../shared/data/amazon-sports`).
 
   python -m recattn_jax.train --config configs/sasrec_amazon_sports.py --workdir runs/sasrec_amazon_sports
 
-Add `--config.eval.exclude_seen=False` to early-stop on the all-items protocol
-(both protocols are always reported).
+Both protocols (seen items excluded and not) are always reported; add
+`--config.eval.exclude_seen=False` to early-stop on the all-items one.
 """
 
-import pathlib
-
-from recattn_jax.config import get_default_config
-
-_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-sports" / "Sports_and_Outdoors.txt"
+from recattn_jax.config import get_amazon_config
 
 
 def get_config():
-  config = get_default_config()
-  config.data.name = "amazon-sports"
-  config.data.path = str(_DATA)
-  config.data.format = "sequence"
-  config.data.max_len = 50
-  config.model.dropout = 0.5
-  config.train.batch_size = 64
-  config.train.num_epochs = 100
-  return config
+  return get_amazon_config("amazon-sports", "Sports_and_Outdoors.txt")

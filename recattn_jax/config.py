@@ -1,7 +1,14 @@
 """The default configuration; files under `configs/` start from it and override fields."""
 
+import os
+import pathlib
+
 import ml_collections
 from ml_collections import config_dict
+
+# The shared datasets beside a checkout (override with $RECATTN_SHARED_DATA).
+SHARED_DATA = pathlib.Path(os.environ.get(
+    "RECATTN_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def get_default_config() -> ml_collections.ConfigDict:
@@ -60,4 +67,18 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.eval.exclude_seen = True       # the protocol early stopping and the headline use
   c.eval.ties = "pessimistic"
   c.eval.item_chunk = 4096
+  return c
+
+
+def get_amazon_config(folder: str, file_name: str) -> ml_collections.ConfigDict:
+  """SASRec+ on one of S3Rec's 5-core Amazon files in `../shared/data/<folder>/`."""
+  c = get_default_config()
+  c.data.name = folder
+  c.data.path = str(SHARED_DATA / folder / file_name)
+  c.data.format = "sequence"
+  c.data.max_len = 50
+  c.model.dropout = 0.5
+  c.train.batch_size = 16          # packed rows of ~6 users each
+  c.train.weight_decay = 0.0       # decay would shrink rarely-seen items at every step
+  c.train.num_epochs = 40
   return c

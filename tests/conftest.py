@@ -8,12 +8,12 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from recattn_jax.config import SHARED_DATA  # noqa: E402
 
 
 @pytest.fixture
 def shared_data() -> pathlib.Path:
-  """`../shared/data` beside the checkout; tests that need it skip cleanly without it."""
+  """`../shared/data` beside the checkout (or $RECATTN_SHARED_DATA); skip cleanly without it."""
   if not SHARED_DATA.is_dir():
     pytest.skip(f"{SHARED_DATA} is absent")
   return SHARED_DATA
