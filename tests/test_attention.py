@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recattn_jax.attention import (IMPLEMENTATIONS, POINTWISE_IMPLEMENTATIONS, BlockSparse,
@@ -160,28 +160,29 @@ _blockwise_pointwise = functools.partial(blockwise_attention, kind="pointwise", 
                                          block_k=16)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("kind", MASK_KINDS)
+def _cases(f32_kinds, bf16_kinds):
+  """(kind, dtype) pairs: bf16 runs on representative masks only, to keep the suite fast."""
+  return ([pytest.param(k, jnp.float32, id=f"{k}-f32") for k in f32_kinds]
+          + [pytest.param(k, jnp.bfloat16, id=f"{k}-bf16") for k in bf16_kinds])
+
+
+@pytest.mark.parametrize("kind,dtype", _cases(MASK_KINDS, ["bias_full", "causal_padded", "segments"]))
 def test_blockwise_matches_reference(kind, dtype):
-  if dtype == jnp.bfloat16 and kind not in ("bias_full", "causal_padded", "segments"):
-    pytest.skip("bf16: three representative masks keep the suite fast")
   _check_against_reference(_blockwise, kind, dtype)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("kind", MASK_KINDS)
+# "none" and "window" are left to the property test, which covers pointwise too.
+_POINTWISE_KINDS = [k for k in MASK_KINDS if k not in ("none", "window")]
+
+
+@pytest.mark.parametrize("kind,dtype", _cases(_POINTWISE_KINDS,
+                                              [k for k in _POINTWISE_KINDS if k != "bias_full"]))
 def test_blockwise_pointwise_matches_reference(kind, dtype):
-  if kind in ("none", "window") or (dtype == jnp.bfloat16 and kind == "bias_full"):
-    pytest.skip("pointwise: representative masks keep the suite fast (the property "
-                "test covers the rest)")
   _check_against_reference(_blockwise_pointwise, kind, dtype, pointwise=True)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("kind,dtype", _cases(MASK_KINDS, ["causal_padded", "segments"]))
 def test_xla_matches_reference(kind, dtype):
-  if dtype == jnp.bfloat16 and kind not in ("causal_padded", "segments"):
-    pytest.skip("bf16 xla: two representative masks keep the suite fast")
   _check_against_reference(IMPLEMENTATIONS["xla"], kind, dtype)
 
 
@@ -261,7 +262,9 @@ def random_cases(draw):
   return case, blocks, draw(st.sampled_from(["softmax", "pointwise"]))
 
 
-@settings(max_examples=12, deadline=None, derandomize=True)
+# Drawing a case builds JAX arrays, which is slow on a loaded 2-core machine.
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(random_cases())
 def test_blockwise_property(args):
   case, blocks, kind = args
