@@ -95,11 +95,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2), encoding="utf-8")
 
   writer = MetricWriter(workdir, resume_step=int(state.step))
+  rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
   try:
     state = _train(state, progress, config=config, split=split, model=model, optimizer=optimizer,
                    mesh=mesh, data_iter=data_iter, checkpoints=checkpoints, writer=writer,
-                   steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    results = _final_results(state, progress, config=config, split=split, model=model, mesh=mesh,
+                   rank_step=rank_step, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    results = _final_results(state, progress, config=config, split=split, rank_step=rank_step, mesh=mesh,
                              checkpoints=checkpoints, steps_per_epoch=steps_per_epoch)
     writer.write(int(state.step), "test", results["test"][results["primary_protocol"]],
                  protocol=results["primary_protocol"])
@@ -112,11 +113,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 def _train(state, progress: Progress, *, config, split, model, optimizer, mesh, data_iter,
-           checkpoints: Checkpoints, writer: MetricWriter, steps_per_epoch: int, total_steps: int):
+           checkpoints: Checkpoints, writer: MetricWriter, rank_step, steps_per_epoch: int,
+           total_steps: int):
   """Steps until early stopping or `total_steps`; evaluates and checkpoints every `eval_every` steps."""
   eval_every = max(1, int(config.train.eval_every_epochs * steps_per_epoch))
   train_step = make_train_step(model, optimizer, mesh, state)
-  rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
   primary = PROTOCOLS[config.eval.exclude_seen]
   step = int(state.step)
   bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0,
@@ -165,10 +166,9 @@ def _train(state, progress: Progress, *, config, split, model, optimizer, mesh, 
   return state
 
 
-def _final_results(state, progress: Progress, *, config, split, model, mesh, checkpoints: Checkpoints,
-                   steps_per_epoch: int) -> dict:
+def _final_results(state, progress: Progress, *, config, split, rank_step, mesh,
+                   checkpoints: Checkpoints, steps_per_epoch: int) -> dict:
   """Test and validation metrics of the best checkpoint, with what is needed to reproduce them."""
-  rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
   best_params = checkpoints.restore_best(state.params)
   return {
       "test": evaluate(rank_step, best_params, split.test, config=config, mesh=mesh),
