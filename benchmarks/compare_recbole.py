@@ -219,7 +219,7 @@ def our_step_benchmark(batches: dict[str, np.ndarray], *, num_items: int, warmup
 
   def loss_fn(params, items, targets, key):
     hidden = model.apply(params, items, deterministic=False, rngs={"dropout": key})
-    logits = catalogue_logits(last_hidden(hidden, items), params["params"]["item_embed"]["embedding"])
+    logits = catalogue_logits(last_hidden(hidden, items), model.apply(params, method="item_embeddings"))
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
   @functools.partial(jax.jit, donate_argnums=0)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from recattn_jax.attention import MaskSpec
+from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.models.transformer import TransformerBlock
 
 
@@ -54,8 +55,7 @@ class SASRec(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.item_embed = nn.Embed(self.num_items + 1, self.embed_dim,
-                               embedding_init=nn.initializers.normal(stddev=0.02), name="item_embed")
+    self.item_embed = ItemEncoder(self.num_items, self.embed_dim, name="item_embed")
     self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
                               embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")
     self.input_dropout = nn.Dropout(self.dropout_rate)
@@ -133,7 +133,7 @@ class SASRec(nn.Module):
 
   def item_embeddings(self) -> jax.Array:
     """[num_items + 1, D]; row 0 is padding and is never a valid prediction."""
-    return self.item_embed.embedding
+    return self.item_embed.table()
 
 
 def last_hidden(hidden: jax.Array, items: jax.Array) -> jax.Array:

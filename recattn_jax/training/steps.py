@@ -95,7 +95,7 @@ def next_item_loss(model: nn.Module, params, batch, dropout_key) -> tuple[jax.Ar
   """Full-softmax cross-entropy over the catalogue at every real position."""
   hidden = model.apply(params, batch["inputs"], batch.get("segment_ids"), deterministic=False,
                        rngs={"dropout": dropout_key})
-  item_table = params["params"]["item_embed"]["embedding"]
+  item_table = model.apply(params, method="item_embeddings")
   logits = catalogue_logits(hidden, item_table)
   targets = batch["targets"]
   weight = (targets > 0).astype(jnp.float32)
@@ -135,7 +135,7 @@ def make_rank_step(model: nn.Module, mesh: Mesh, *, item_chunk: int, ties: str) 
   def rank_step(params, batch):
     hidden = model.apply(params, batch["inputs"], deterministic=True)
     users = last_hidden(hidden, batch["inputs"])
-    table = params["params"]["item_embed"]["embedding"]
+    table = model.apply(params, method="item_embeddings")
     kwargs = dict(item_chunk=item_chunk, ties=ties)
     return (target_ranks(users, table, batch["targets"], batch["exclude"], **kwargs),
             target_ranks(users, table, batch["targets"], None, **kwargs))
