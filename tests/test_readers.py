@@ -350,3 +350,21 @@ def test_read_interactions_dispatch(tmp_path):
     readers.read_interactions(table)
   with pytest.raises(ValueError, match="unknown format"):
     readers.read_interactions(seq, fmt="xml")
+
+
+def test_lastfm_plays_order_and_errors(tmp_path):
+  folder = tmp_path / "lastfm"
+  write(tmp_path, "lastfm/user_artists.dat",
+        "userID\tartistID\tweight\r\n2\t51\t300\r\n2\t52\t10\r\n2\t53\t10\r\n3\t51\t7\r\n")
+  assert readers.detect_format(folder) == "lastfm"
+  assert readers.detect_format(folder / "user_artists.dat") == "lastfm"
+  frame = readers.read_interactions(folder)
+  assert frame["rating"].tolist() == [300.0, 10.0, 10.0, 7.0]
+  # Play counts stand in for time: least-played first once sorted, ties in file order.
+  order = frame[frame.user_id == "2"].sort_values("timestamp", kind="stable")["item_id"].tolist()
+  assert order == ["52", "53", "51"]
+  bad = write(tmp_path, "bad/user_artists.dat", "userID\tartistID\tweight\n2\t51\t3\n2\t52\t0\n")
+  with raises_at("user_artists.dat", "line 3", "play count"):
+    readers.read_lastfm(bad)
+  with raises_at("empty", "no Last.fm"):
+    readers.read_lastfm(tmp_path / "empty")

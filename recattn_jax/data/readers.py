@@ -641,9 +641,36 @@ def read_item_attributes_json(path: PathLike) -> dict[str, list[int]]:
 
 
 # ----------------------------------------------------------------------------
+# Last.fm HetRec 2011.
+
+LASTFM_PLAYS = "user_artists.dat"
+
+
+def read_lastfm(path: PathLike) -> pd.DataFrame:
+  """Last.fm HetRec 2011 `user_artists.dat` (`userID artistID weight`), or its folder.
+
+  `rating` is the play count. The data has no times, so `timestamp` is the play
+  count too: a user's artists come out least-played first, and truncating a
+  history to its newest `max_len` events keeps the most-played artists. Equal
+  counts keep file order (the sort is stable).
+  """
+  path = Path(path)
+  if path.is_dir():
+    path = path / LASTFM_PLAYS
+  if not path.is_file():
+    raise _fail(path, None, f"no Last.fm {LASTFM_PLAYS} here")
+  frame = read_table(path, user_col="userID", item_col="artistID", rating_col="weight", sep="\t")
+  bad = np.flatnonzero(frame["rating"].to_numpy() <= 0)
+  if bad.size:
+    raise _fail(path, int(bad[0]) + 2, f"weight (play count) must be positive, got {frame['rating'].iloc[bad[0]]}")
+  frame["timestamp"] = frame["rating"].to_numpy(np.float64)
+  return frame
+
+
+# ----------------------------------------------------------------------------
 # Dispatch.
 
-FORMATS = ("movielens", "recbole", "sequence", "csv", "parquet")
+FORMATS = ("movielens", "recbole", "sequence", "csv", "parquet", "lastfm")
 
 
 def detect_format(path: PathLike, *, has_columns: bool = False) -> str:
@@ -660,6 +687,8 @@ def detect_format(path: PathLike, *, has_columns: bool = False) -> str:
       return "movielens"
     if any(path.glob("*.inter")):
       return "recbole"
+    if (path / LASTFM_PLAYS).is_file():
+      return "lastfm"
     raise _fail(path, None, "no MovieLens ratings file or RecBole .inter file in this folder")
   suffix = path.suffix.lower()
   if suffix in (".parquet", ".pq"):
@@ -668,6 +697,8 @@ def detect_format(path: PathLike, *, has_columns: bool = False) -> str:
     return "csv"
   if path.name in MOVIELENS_FILES:
     return "movielens"
+  if path.name == LASTFM_PLAYS:
+    return "lastfm"
   if suffix == ".inter":
     return "recbole"
   if suffix == ".txt":
@@ -682,6 +713,7 @@ _READERS: dict[str, Callable[..., pd.DataFrame]] = {
     "sequence": read_sequence_file,
     "csv": read_table,
     "parquet": read_parquet,
+    "lastfm": read_lastfm,
 }
 
 
