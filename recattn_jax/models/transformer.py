@@ -3,6 +3,12 @@
 Blocks run either over whole sequences (`__call__`) or over one new event per
 row against a key/value cache of the earlier events (`step`), with the same
 parameters.
+
+With `capture_attention=True` (or through `capture_attention_weights`, which
+turns it on inside any encoder without touching the encoder's code) the
+attention is computed explicitly and its probabilities [B, H, Lq, Lk] are sown
+into the "intermediates" collection as "attention_weights"; otherwise the
+fused/blockwise engines run as usual and nothing is materialised.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from recattn_jax.attention import MaskSpec, attend
+from recattn_jax.attention.mask import dense_mask
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -27,11 +34,21 @@ class MultiHeadSelfAttention(nn.Module):
     self.qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype)
     self.out = nn.DenseGeneral(self.features, axis=(-2, -1), dtype=self.dtype)
 
-  def __call__(self, x: jax.Array, mask: MaskSpec) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns the output and the keys and values ([B, L, H, Dh]) for a cache."""
+  def __call__(self, x: jax.Array, mask: MaskSpec, *,
+               capture_attention: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns the output and the keys and values ([B, L, H, Dh]) for a cache.
+
+    `capture_attention` also sows the attention probabilities ("intermediates"
+    / "attention_weights", [B, H, Lq, Lk]); apply with mutable=["intermediates"].
+    """
     qkv = self.qkv(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    return self.out(attend(q, k, v, mask=mask, implementation=self.attention_impl)), k, v
+    if capture_attention:
+      heads, weights = explicit_attention(q, k, v, mask)
+      self.sow("intermediates", "attention_weights", weights)
+    else:
+      heads = attend(q, k, v, mask=mask, implementation=self.attention_impl)
+    return self.out(heads), k, v
 
   def step(self, x: jax.Array, k_cache: jax.Array, v_cache: jax.Array, index: jax.Array):
     """x [B, 1, D] at position `index` [B] attends to cached keys 0..index-1 and itself."""
@@ -75,9 +92,10 @@ class TransformerBlock(nn.Module):
     self.ff = FeedForward(self.ff_dim, self.dropout_rate, self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
 
-  def __call__(self, x: jax.Array, mask: MaskSpec, valid: jax.Array, deterministic: bool):
+  def __call__(self, x: jax.Array, mask: MaskSpec, valid: jax.Array, deterministic: bool, *,
+               capture_attention: bool = False):
     """Returns the block output and its attention keys and values."""
-    h, k, v = self.attention(self.attention_norm(x), mask)
+    h, k, v = self.attention(self.attention_norm(x), mask, capture_attention=capture_attention)
     x = x + self.dropout(h, deterministic=deterministic)
     x = x + self.dropout(self.ff(self.ff_norm(x), deterministic), deterministic=deterministic)
     return x * valid[..., None].astype(x.dtype), k, v
@@ -86,3 +104,42 @@ class TransformerBlock(nn.Module):
     h, k_cache, v_cache = self.attention.step(self.attention_norm(x), k_cache, v_cache, index)
     x = x + h
     return x + self.ff(self.ff_norm(x), True), k_cache, v_cache
+
+
+def explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                       mask: MaskSpec | None) -> tuple[jax.Array, jax.Array]:
+  """Softmax attention with the probabilities materialised: (out [B, Lq, H, Dh], weights [B, H, Lq, Lk]).
+
+  The same maths as `reference_attention` (float32 statistics; a query that
+  sees no key gets all-zero weights), so the weights are exactly the ones the
+  output is made of.
+  """
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  logits = logits * q.shape[-1] ** -0.5
+  allowed = dense_mask(mask, q.shape[0], q.shape[1], k.shape[1])
+  logits = jnp.where(allowed, logits, -jnp.inf)
+  row_max = jnp.max(logits, axis=-1, keepdims=True)
+  row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+  weights = jnp.exp(logits - jax.lax.stop_gradient(row_max))
+  denom = jnp.sum(weights, axis=-1, keepdims=True)
+  weights = weights / jnp.where(denom > 0, denom, 1.0)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return out.astype(q.dtype), weights
+
+
+def _capture_interceptor(next_fun, args, kwargs, context):
+  if isinstance(context.module, MultiHeadSelfAttention) and context.method_name == "__call__":
+    kwargs = {**kwargs, "capture_attention": True}
+  return next_fun(*args, **kwargs)
+
+
+def capture_attention_weights():
+  """Context manager: every `MultiHeadSelfAttention` applied inside it sows its weights.
+
+  Works for any encoder built from these blocks, without a flag threaded
+  through the encoder:
+
+    with capture_attention_weights():
+      hidden, state = model.apply(params, items, mutable=["intermediates"])
+  """
+  return nn.intercept_methods(_capture_interceptor)

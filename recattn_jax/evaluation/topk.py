@@ -1,0 +1,102 @@
+"""Top-K recommendation lists over the whole catalogue, scanned in chunks of items.
+
+Memory stays O(batch * (K + chunk)) for any catalogue size: a running top-K is
+merged with each chunk's scores. Order is deterministic: by score, then by
+lower item id among equal scores. Padding (item 0) is never recommended; items
+in `exclude` (the user's seen items, same [B, M] 0-padded format as
+`target_ranks`) are dropped. When fewer than K items remain, the list is filled
+with id 0 and score -inf.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recattn_jax.data.pipeline import eval_batches
+from recattn_jax.models import last_hidden
+
+
+@functools.partial(jax.jit, static_argnames=("k", "item_chunk"))
+def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
+                exclude: jax.Array | None = None, *,
+                item_chunk: int = 4096) -> tuple[jax.Array, jax.Array]:
+  """The K best items for each user, scored by `user_repr @ item_table.T`.
+
+  Args:
+    user_repr: [B, D].
+    item_table: [N + 1, D]; row 0 is padding.
+    k: list length.
+    exclude: optional [B, M] item ids never to recommend (0 = none).
+    item_chunk: items scored at once.
+  Returns:
+    (scores [B, K] float32, ids [B, K] int32), best first.
+  """
+  user_repr = user_repr.astype(jnp.float32)
+  item_table = item_table.astype(jnp.float32)
+  num_rows = item_table.shape[0]
+  batch = user_repr.shape[0]
+  num_chunks = -(-num_rows // item_chunk)
+  padded = jnp.pad(item_table, ((0, num_chunks * item_chunk - num_rows), (0, 0)))
+  chunks = padded.reshape(num_chunks, item_chunk, -1)
+
+  def merge(carry, chunk_and_start):
+    best_scores, best_ids = carry
+    chunk, start = chunk_and_start
+    ids = start + jnp.arange(item_chunk, dtype=jnp.int32)
+    scores = user_repr @ chunk.T
+    eligible = jnp.broadcast_to((ids > 0) & (ids < num_rows), scores.shape)
+    if exclude is not None:
+      local = exclude - start
+      in_chunk = (exclude > 0) & (local >= 0) & (local < item_chunk)
+      rows = jnp.broadcast_to(jnp.arange(batch)[:, None], exclude.shape)
+      seen = jnp.zeros((batch, item_chunk), bool).at[rows, jnp.where(in_chunk, local, item_chunk)].set(
+          True, mode="drop")
+      eligible &= ~seen
+    scores = jnp.where(eligible, scores, -jnp.inf)
+    # The running best come first and hold lower ids than this chunk, and
+    # `lax.top_k` puts the lower index first among equal values: ties go to
+    # the lower id.
+    all_scores = jnp.concatenate([best_scores, scores], axis=1)
+    all_ids = jnp.concatenate([best_ids, jnp.broadcast_to(ids, scores.shape)], axis=1)
+    best_scores, index = jax.lax.top_k(all_scores, k)
+    return (best_scores, jnp.take_along_axis(all_ids, index, axis=1)), None
+
+  init = (jnp.full((batch, k), -jnp.inf, jnp.float32), jnp.zeros((batch, k), jnp.int32))
+  starts = jnp.arange(num_chunks, dtype=jnp.int32) * item_chunk
+  (scores, ids), _ = jax.lax.scan(merge, init, (chunks, starts))
+  # Filler (ineligible or initial) entries: never a real recommendation.
+  return scores, jnp.where(jnp.isneginf(scores), 0, ids)
+
+
+def recommend(model, params, histories: Sequence[np.ndarray], *, k: int, max_len: int,
+              batch_size: int = 256, padding: str = "left", exclude_seen: bool = True,
+              item_chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  """Top-K lists ([U, K] ids, [U, K] scores) for every history, with a SASRec-style encoder.
+
+  The user vector is the hidden state at the newest event (`last_hidden`), as
+  in training's ranking step; `exclude_seen` drops each user's whole history.
+  """
+  @jax.jit
+  def step(params, inputs, exclude):
+    users = last_hidden(model.apply(params, inputs, deterministic=True), inputs)
+    table = model.apply(params, method="item_embeddings")
+    scores, ids = top_k_items(users, table, k, exclude if exclude_seen else None,
+                              item_chunk=item_chunk)
+    return ids, scores
+
+  ids, scores = [], []
+  targets = np.ones(len(histories), np.int32)  # eval_batches wants targets; unused here
+  for batch in eval_batches(histories, targets, max_len=max_len, batch_size=batch_size,
+                            padding=padding):
+    rows = int(batch["weight"].sum())
+    batch_ids, batch_scores = step(params, batch["inputs"], batch["exclude"])
+    ids.append(np.asarray(batch_ids)[:rows])
+    scores.append(np.asarray(batch_scores)[:rows])
+  if not ids:
+    return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
+  return np.concatenate(ids), np.concatenate(scores)

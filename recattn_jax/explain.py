@@ -1,0 +1,259 @@
+"""Which past events a recommendation attended to: attention weights over a user's history.
+
+`attention_over_history` runs the encoder once with attention capture on (see
+`models.transformer.capture_attention_weights`) and returns, for the position
+that produces the recommendation (the newest event for SASRec and other causal
+encoders), each layer's and head's attention over the history, padding
+removed, together with the top-K recommendations and their scores.
+Attention is a view of what the model mixed, not a causal attribution: later
+layers mix already-mixed states, and the feed-forward and residual paths carry
+information that attention weights do not show.
+
+`plot_attention_heatmap` draws it; `explain_user` does the whole thing for a
+user of a finished training run (its workdir).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from recattn_jax.data import preprocess, readers
+from recattn_jax.data.loading import interactions_path, load_split
+from recattn_jax.data.pipeline import pad_to
+from recattn_jax.evaluation.ranking import target_ranks
+from recattn_jax.evaluation.topk import top_k_items
+from recattn_jax.models import build_model, last_hidden
+from recattn_jax.models.transformer import capture_attention_weights
+
+
+@dataclasses.dataclass
+class Explanation:
+  """One user's explanation."""
+
+  history: np.ndarray  # [n] item ids the encoder saw (newest max_len events), oldest first
+  weights: np.ndarray  # [layers, heads, n] attention of the query position over `history`
+  items: np.ndarray  # [k] recommended item ids, best first (0 = none left)
+  scores: np.ndarray  # [k] their scores
+  item: int | None = None  # the item asked about, if any
+  item_score: float | None = None
+  item_rank: int | None = None  # 0-based among the catalogue (ties pessimistic)
+
+
+def _is_batch(history) -> bool:
+  if isinstance(history, np.ndarray):
+    return history.ndim == 2
+  return len(history) > 0 and not np.isscalar(history[0]) and np.ndim(history[0]) == 1
+
+
+def attention_weights_by_layer(intermediates: dict) -> list[jax.Array]:
+  """Every sown "attention_weights" ([B, H, Lq, Lk]) in call order, i.e. layer order."""
+  found = []
+
+  def walk(tree):
+    for name, value in tree.items():
+      if name == "attention_weights":
+        found.extend(value)
+      elif isinstance(value, dict) or hasattr(value, "items"):
+        walk(value)
+
+  walk(intermediates)
+  return found
+
+
+@functools.partial(jax.jit, static_argnames=("model", "top_k"))
+def _explain(model, params, inputs, exclude, asked, *, top_k):
+  """Weights [B, layers, H, L] at each row's newest event, top-K and the asked items' scores and ranks."""
+  with capture_attention_weights():
+    hidden, state = model.apply(params, inputs, deterministic=True, mutable=["intermediates"])
+  layers = attention_weights_by_layer(state["intermediates"])
+  if not layers:
+    raise ValueError(f"{type(model).__name__} sowed no attention weights: it does not use "
+                     "models.transformer.MultiHeadSelfAttention")
+  weights = jnp.stack(layers, axis=1)  # [B, layers, H, Lq, Lk]
+  query = jnp.max(jnp.where(inputs > 0, jnp.arange(inputs.shape[1]), -1), axis=1)
+  weights = jnp.take_along_axis(weights, query[:, None, None, None, None], axis=3)[:, :, :, 0]
+  users = last_hidden(hidden, inputs)
+  table = model.apply(params, method="item_embeddings")
+  scores, ids = top_k_items(users, table, top_k, exclude)
+  asked_scores = jnp.einsum("bd,bd->b", users.astype(jnp.float32), table[asked].astype(jnp.float32))
+  return weights, scores, ids, asked_scores, target_ranks(users, table, asked, exclude)
+
+
+def attention_over_history(model, params, history, item=None, *, top_k: int = 10,
+                           exclude_seen: bool = True, padding: str = "left",
+                           max_len: int | None = None):
+  """Attention over the history at the recommending position, with the top-K list.
+
+  Args:
+    model: a sequence encoder built from `TransformerBlock`s whose
+      `apply(params, items [B, L], deterministic=True)` gives hidden states
+      [B, L, D] and whose `item_embeddings` method gives the item table (SASRec).
+    params: its variables.
+    history: one user's item ids (oldest first), or a list of them.
+    item: optional item id (or one per user) whose score and rank to report.
+    top_k: number of recommendations.
+    exclude_seen: never recommend (nor rank `item` against) the user's
+      history; `item` itself stays rankable, as in evaluation.
+    padding: "left" or "right", as the model was trained.
+    max_len: input length (default `model.max_len`); only the newest events fit.
+  Returns:
+    An `Explanation`, or a list of them for a list of histories.
+  """
+  batched = _is_batch(history)
+  histories = [np.asarray(h, np.int32) for h in (history if batched else [history])]
+  if any(len(h) == 0 for h in histories):
+    raise ValueError("every history needs at least one event")
+  items_asked = (list(item) if batched else [item]) if item is not None else [None] * len(histories)
+  length = max_len or model.max_len
+  inputs = jnp.asarray(np.stack([pad_to(h, length, padding) for h in histories]))
+
+  width = max(len(h) for h in histories)
+  exclude = np.zeros((len(histories), width), np.int32)
+  for row, h in enumerate(histories):
+    exclude[row, :len(h)] = h
+  asked = np.asarray([1 if i is None else int(i) for i in items_asked], np.int32)
+  exclude = jnp.asarray(exclude) if exclude_seen else None
+  outputs = _explain(model, params, inputs, exclude, jnp.asarray(asked), top_k=top_k)
+  weights, scores, ids, asked_scores, asked_ranks = (np.asarray(a) for a in outputs)
+  valid = np.asarray(inputs) > 0
+  out = []
+  for row in range(len(histories)):
+    ask = items_asked[row]
+    out.append(Explanation(
+        history=np.asarray(inputs)[row][valid[row]], weights=weights[row][..., valid[row]],
+        items=np.asarray(ids[row]), scores=np.asarray(scores[row]),
+        item=None if ask is None else int(ask),
+        item_score=None if ask is None else float(asked_scores[row]),
+        item_rank=None if ask is None else int(asked_ranks[row])))
+  return out if batched else out[0]
+
+
+def plot_attention_heatmap(weights: np.ndarray, history_titles: Sequence[str], *,
+                           title: str | None = None, ax=None, max_title_chars: int = 32):
+  """Heatmap of weights [layers, heads, n]: one row per (layer, head), items on the x axis.
+
+  Draws on `ax` when given, else on a new Figure (no pyplot state, so it works
+  under any backend, Agg included). Returns the Figure.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  weights = np.asarray(weights)
+  if weights.ndim != 3 or weights.shape[-1] != len(history_titles):
+    raise ValueError(f"weights must be [layers, heads, {len(history_titles)}], got {weights.shape}")
+  num_layers, num_heads, n = weights.shape
+  if ax is None:
+    fig = Figure(figsize=(min(2.5 + 0.28 * n, 40), 2.2 + 0.35 * num_layers * num_heads
+                          + 0.06 * max_title_chars))
+    ax = fig.add_subplot()
+  else:
+    fig = ax.figure
+  image = ax.imshow(weights.reshape(num_layers * num_heads, n), aspect="auto", cmap="viridis",
+                    vmin=0.0, interpolation="nearest")
+  fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="attention weight")
+  ax.set_yticks(range(num_layers * num_heads),
+                [f"layer {l + 1} head {h + 1}" for l in range(num_layers) for h in range(num_heads)])
+  labels = [t if len(t) <= max_title_chars else t[:max_title_chars - 1] + "\u2026"
+            for t in map(str, history_titles)]
+  ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+  ax.set_xlabel("history, oldest \u2192 newest")
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  return fig
+
+
+# ----------------------------------------------------------------------------
+# A user of a finished run.
+
+
+def _load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text(encoding="utf-8")))
+
+
+def _sequence_data(data_config) -> tuple[preprocess.SequenceData, pathlib.Path]:
+  """The run's sequences (for the original user and item ids); mirrors `load_split`."""
+  path = interactions_path(data_config)
+  frame = readers.read_interactions(path, fmt=data_config.format)
+  if data_config.dedupe:
+    frame = preprocess.dedupe(frame, keep=data_config.dedupe)
+  frame, _ = preprocess.kcore_filter(frame, user_k=data_config.user_k, item_k=data_config.item_k)
+  return preprocess.build_sequences(frame, min_rating=data_config.min_rating), path
+
+
+def item_titles(original_ids: np.ndarray, source: str | pathlib.Path) -> np.ndarray:
+  """Display name of each internal item id: the title when the data folder has one.
+
+  Reads a RecBole `.item` file (title and year fields) or GroupLens `u.item`
+  beside the interactions; otherwise the original ids are the names.
+  """
+  source = pathlib.Path(source)
+  folder = source if source.is_dir() else source.parent
+  names = {}
+  recbole = sorted(folder.glob("*.item"))
+  if recbole:
+    frame = readers.read_recbole_item_features(recbole[0])
+    title = next((c for c in frame.columns if "title" in c), None)
+    year = next((c for c in frame.columns if "year" in c), None)
+    if title is not None:
+      for item_id, row in frame.iterrows():
+        text = row[title]
+        text = " ".join(text) if isinstance(text, list) else str(text)
+        names[item_id] = f"{text} ({row[year]})" if year is not None and row[year] else text
+  elif (folder / "u.item").is_file():
+    for line in (folder / "u.item").read_text(encoding="latin-1").splitlines():
+      fields = line.split("|")
+      if len(fields) > 1:
+        names[fields[0]] = fields[1]
+  return np.asarray([names.get(str(i), str(i)) for i in original_ids], dtype=object)
+
+
+def load_run(workdir: str | pathlib.Path):
+  """(config, split, model, best params) of a finished training run in `workdir`."""
+  from recattn_jax.training.checkpoint import Checkpoints  # pylint: disable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  config = _load_config(workdir)
+  data = load_split(config.data)
+  model = build_model(config.model, num_items=data.num_items, max_len=config.data.max_len)
+  params_like = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, config.data.max_len), jnp.int32))
+  checkpoints = Checkpoints(workdir)
+  try:
+    params = checkpoints.restore_best(params_like)
+  finally:
+    checkpoints.close()
+  return config, data, model, params
+
+
+def explain_user(workdir: str | pathlib.Path, user_index: int, *, split: str = "test",
+                 top_k: int = 5) -> tuple[Explanation, np.ndarray, dict[str, Any]]:
+  """Explains the recommendation for one evaluation user of a finished run.
+
+  Loads `workdir`'s config and best checkpoint, rebuilds the data split and
+  explains the history of user `user_index` (the internal user index) in the
+  "valid" or "test" set, asking about the actual target item.
+  Returns (explanation, titles [N + 1] indexed by item id, info: the original
+  user id, the target item id, the split name and the run's config).
+  """
+  config, data, model, params = load_run(workdir)
+  eval_set = getattr(data, split)
+  rows = np.flatnonzero(eval_set.users == user_index)
+  if rows.size == 0:
+    raise ValueError(f"user {user_index} has no {split} example")
+  row = int(rows[0])
+  explanation = attention_over_history(
+      model, params, eval_set.histories[row], int(eval_set.targets[row]), top_k=top_k,
+      exclude_seen=config.eval.exclude_seen, padding=config.data.padding,
+      max_len=config.data.max_len)
+  sequences, source = _sequence_data(config.data)
+  info = {"user_id": str(sequences.user_ids[user_index]), "target": int(eval_set.targets[row]),
+          "split": split, "config": config}
+  return explanation, item_titles(sequences.item_ids, source), info
