@@ -1,0 +1,258 @@
+"""Next-item losses over an item catalogue, and the negative samplers they use.
+
+Every loss takes hidden states [..., D], the catalogue table [N + 1, D] (row 0
+is padding and is never a positive or a negative), targets [...] and a `weight`
+[...] that is 0 at padded positions, and returns the weighted mean over
+positions. Scores are accumulated in float32 whatever the activations' dtype.
+
+Losses (the `train.loss` config field, built by `next_item_loss_fn`):
+  * "softmax": cross-entropy over the whole catalogue (SASRec+ / BERT4Rec).
+  * "sampled_softmax": cross-entropy over the target and sampled negatives,
+    with the log-Q correction logit - log Q(item) (Bengio & Senecal; Yi et al.,
+    RecSys 2019) so that it estimates the full softmax. `train.negative_sampler`:
+      - "in_batch": the negatives are the other positions' targets in the batch;
+        Q(item) = its frequency among the batch's targets;
+      - "uniform": `train.num_negatives` items drawn uniformly from 1..N, shared
+        by every position; Q = 1/N.
+    Negatives equal to the position's target ("accidental hits") are removed.
+  * "bce": SASRec's binary cross-entropy: per position
+    -log sigma(s+) - sum_k log(1 - sigma(s_k)) with `train.num_negatives`
+    (default 1) negatives drawn uniformly from the items other than the target.
+  * "gbce": gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023): per
+    position -(log sigma(s+)^beta + sum_k log(1 - sigma(s_k))) / (k + 1), with
+    alpha = k / (N - 1) (the negative sampling rate), and
+    beta = alpha * (t * (1 - 1/alpha) + 1/alpha) = 1 - t * (1 - alpha) from the
+    calibration parameter t = `train.gbce_t` in [0, 1]. t = 0 is plain BCE,
+    t = 1 makes the model calibrated for the sampling rate.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+LOSSES = ("softmax", "sampled_softmax", "bce", "gbce")
+SAMPLERS = ("in_batch", "uniform")
+DEFAULT_NUM_NEGATIVES = {"sampled_softmax": 256, "bce": 1, "gbce": 256}
+
+# Masked logits: finite, so that a row with every logit masked stays NaN-free.
+_MASKED = -1e30
+
+LossFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]
+
+
+def weighted_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
+  """sum(values * weight) / sum(weight); 0 when every weight is 0."""
+  weight = weight.astype(jnp.float32)
+  total = jnp.sum(weight)
+  return jnp.sum(values * weight) / jnp.where(total > 0, total, 1.0)
+
+
+def _scores(hidden: jax.Array, rows: jax.Array, equation: str) -> jax.Array:
+  return jnp.einsum(equation, hidden, rows.astype(hidden.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def _target_scores(hidden, item_table, targets):
+  return _scores(hidden, jnp.take(item_table, targets, axis=0), "...d,...d->...")
+
+
+def _negative_scores(hidden, item_table, negatives):
+  """[..., K]: shared negatives are [K], per-position ones [..., K]."""
+  rows = jnp.take(item_table, negatives, axis=0)
+  if negatives.ndim == 1:
+    return _scores(hidden, rows, "...d,kd->...k")
+  return _scores(hidden, rows, "...d,...kd->...k")
+
+
+# ----------------------------------------------------------------------------
+# Negative samplers.
+
+
+def _check_num_items(num_items: int, need: int = 1) -> None:
+  if num_items < need:
+    raise ValueError(f"negative sampling needs at least {need} items, got num_items={num_items}")
+
+
+def uniform_negatives(key: jax.Array, shape: tuple[int, ...], num_items: int) -> jax.Array:
+  """Item ids drawn uniformly from 1..num_items (never the padding id 0)."""
+  _check_num_items(num_items)
+  return jax.random.randint(key, shape, 1, num_items + 1, dtype=jnp.int32)
+
+
+def uniform_negatives_excluding(key: jax.Array, targets: jax.Array, num_items: int,
+                                num_negatives: int) -> jax.Array:
+  """[..., K] ids drawn uniformly from 1..num_items minus each position's target.
+
+  Drawing from N - 1 values and stepping over the target is exact, so no draw
+  is wasted on an accidental hit and the sampling rate is K / (N - 1).
+  """
+  _check_num_items(num_items, 2)
+  draws = jax.random.randint(key, (*targets.shape, num_negatives), 1, num_items,
+                             dtype=jnp.int32)
+  step = (targets[..., None] > 0) & (draws >= targets[..., None])
+  return draws + step.astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------
+# Losses.
+
+
+def softmax_cross_entropy(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
+                          weight: jax.Array) -> jax.Array:
+  """Full-softmax cross-entropy over items 1..N."""
+  logits = _scores(hidden, item_table, "...d,nd->...n").at[..., 0].set(_MASKED)
+  positive = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return weighted_mean(jax.nn.logsumexp(logits, axis=-1) - positive, weight)
+
+
+def sampled_softmax(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
+                    negatives: jax.Array, weight: jax.Array, *,
+                    log_q_target: jax.Array | float | None = None,
+                    log_q_negatives: jax.Array | float | None = None,
+                    remove_accidental_hits: bool = True) -> jax.Array:
+  """Cross-entropy over the target and sampled negatives.
+
+  Args:
+    hidden: [..., D]; item_table: [N + 1, D]; targets, weight: [...].
+    negatives: [K] shared by every position, or [..., K] per position; id 0
+      entries are ignored.
+    log_q_target, log_q_negatives: log sampling probabilities, subtracted from
+      the logits (broadcastable to [...] and to the negatives' shape); None
+      means no correction.
+    remove_accidental_hits: drop negatives equal to the position's target.
+  """
+  pos = _target_scores(hidden, item_table, targets)
+  neg = _negative_scores(hidden, item_table, negatives)
+  if log_q_target is not None:
+    pos = pos - log_q_target
+  if log_q_negatives is not None:
+    neg = neg - log_q_negatives
+  masked = jnp.broadcast_to(negatives == 0, neg.shape)
+  if remove_accidental_hits:
+    masked = masked | (negatives == targets[..., None])
+  neg = jnp.where(masked, _MASKED, neg)
+  logits = jnp.concatenate([pos[..., None], neg], axis=-1)
+  return weighted_mean(jax.nn.logsumexp(logits, axis=-1) - pos, weight)
+
+
+def in_batch_softmax(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
+                     weight: jax.Array, *, logq_correction: bool = True) -> jax.Array:
+  """Sampled softmax whose negatives are the batch's other targets.
+
+  Every real position (weight > 0) is a column; a position's other columns with
+  the same item are accidental hits and are removed. With `logq_correction`
+  every logit (the positive's too) has log Q(item) subtracted, Q being the
+  item's share of the batch's targets. Memory is O(M^2) for M positions.
+  """
+  dim = hidden.shape[-1]
+  h = hidden.reshape(-1, dim)
+  t = targets.reshape(-1)
+  w = weight.reshape(-1)
+  real = w > 0
+  logits = _scores(h, jnp.take(item_table, t, axis=0), "md,nd->mn")
+  same = t[:, None] == t[None, :]
+  if logq_correction:
+    count = jnp.sum(same & real[None, :], axis=1).astype(jnp.float32)
+    log_q = jnp.log(jnp.maximum(count, 1.0)) - jnp.log(jnp.maximum(jnp.sum(real), 1))
+    logits = logits - log_q[None, :]
+  eye = jnp.eye(t.shape[0], dtype=bool)
+  keep = (real[None, :] & ~same) | eye
+  logits = jnp.where(keep, logits, _MASKED)
+  ce = jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits)
+  return weighted_mean(ce, w)
+
+
+def bce_loss(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
+             negatives: jax.Array, weight: jax.Array) -> jax.Array:
+  """SASRec: -log sigma(s+) - sum_k log(1 - sigma(s_k)), averaged over positions."""
+  pos = _target_scores(hidden, item_table, targets)
+  neg = _negative_scores(hidden, item_table, negatives)
+  per_position = jax.nn.softplus(-pos) + jnp.sum(jax.nn.softplus(neg), axis=-1)
+  return weighted_mean(per_position, weight)
+
+
+def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
+  """beta = alpha * (t * (1 - 1/alpha) + 1/alpha), alpha = k / (N - 1)."""
+  if not 0.0 <= t <= 1.0:
+    raise ValueError(f"train.gbce_t must lie in [0, 1], got {t}")
+  if num_negatives < 1:
+    raise ValueError(f"train.num_negatives must be >= 1, got {num_negatives}")
+  _check_num_items(num_items, 2)
+  alpha = num_negatives / (num_items - 1)
+  return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce_loss(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
+              negatives: jax.Array, weight: jax.Array, *, t: float,
+              num_items: int | None = None) -> jax.Array:
+  """gSASRec's gBCE: -(log sigma(s+)^beta + sum_k log(1 - sigma(s_k))) / (k + 1).
+
+  The paper writes it as BCE on a transformed positive logit s' with
+  sigma(s') = sigma(s+)^beta; the positive term is then
+  -log sigma(s') = beta * softplus(-s+), which is what is computed here (the
+  transformed logit itself overflows once sigma(s+) rounds to 1).
+  `num_items` defaults to the table's N.
+  """
+  num_items = item_table.shape[0] - 1 if num_items is None else num_items
+  k = negatives.shape[-1]
+  beta = gbce_beta(k, num_items, t)
+  pos = _target_scores(hidden, item_table, targets)
+  neg = _negative_scores(hidden, item_table, negatives)
+  per_position = beta * jax.nn.softplus(-pos) + jnp.sum(jax.nn.softplus(neg), axis=-1)
+  return weighted_mean(per_position / (k + 1), weight)
+
+
+# ----------------------------------------------------------------------------
+# Config-driven construction.
+
+
+def next_item_loss_fn(name: str = "softmax", *, num_negatives: int | None = None,
+                      negative_sampler: str = "uniform", logq_correction: bool = True,
+                      gbce_t: float = 0.75) -> LossFn:
+  """(hidden [B, L, D], item_table [N + 1, D], targets [B, L], key) -> (loss, metrics).
+
+  Targets of 0 are padding and weigh nothing. `key` seeds the negatives (unused
+  by "softmax" and in-batch "sampled_softmax").
+
+  Args:
+    name: `train.loss`, one of LOSSES.
+    num_negatives: `train.num_negatives`; None takes DEFAULT_NUM_NEGATIVES.
+    negative_sampler: `train.negative_sampler` of "sampled_softmax", one of SAMPLERS.
+    logq_correction: `train.logq_correction` of "sampled_softmax".
+    gbce_t: `train.gbce_t` of "gbce".
+  """
+  if name not in LOSSES:
+    raise ValueError(f"train.loss must be one of {LOSSES}, got {name!r}")
+  if name == "sampled_softmax" and negative_sampler not in SAMPLERS:
+    raise ValueError(f"train.negative_sampler must be one of {SAMPLERS}, got {negative_sampler!r}")
+  k = DEFAULT_NUM_NEGATIVES.get(name) if num_negatives is None else int(num_negatives)
+  if name != "softmax" and k is not None and k < 1:
+    raise ValueError(f"train.num_negatives must be >= 1, got {k}")
+  if name == "gbce" and not 0.0 <= gbce_t <= 1.0:
+    raise ValueError(f"train.gbce_t must lie in [0, 1], got {gbce_t}")
+
+  def loss_fn(hidden, item_table, targets, key):
+    num_items = item_table.shape[0] - 1
+    weight = (targets > 0).astype(jnp.float32)
+    if name == "softmax":
+      loss = softmax_cross_entropy(hidden, item_table, targets, weight)
+    elif name == "sampled_softmax" and negative_sampler == "in_batch":
+      loss = in_batch_softmax(hidden, item_table, targets, weight,
+                              logq_correction=logq_correction)
+    elif name == "sampled_softmax":
+      negatives = uniform_negatives(key, (k,), num_items)
+      log_q = -jnp.log(float(num_items)) if logq_correction else None
+      loss = sampled_softmax(hidden, item_table, targets, negatives, weight,
+                             log_q_target=log_q, log_q_negatives=log_q)
+    else:
+      negatives = uniform_negatives_excluding(key, targets, num_items, k)
+      if name == "bce":
+        loss = bce_loss(hidden, item_table, targets, negatives, weight)
+      else:
+        loss = gbce_loss(hidden, item_table, targets, negatives, weight, t=gbce_t)
+    return loss, {"loss": loss, "events": jnp.sum(weight)}
+
+  return loss_fn
