@@ -15,6 +15,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   """SASRec+ (causal self-attention, full-softmax CE) on MovieLens-100K, leave-one-out."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "ranking"               # or "ctr" (click prediction), "rating" (regression)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "ml-100k"          # a public dataset fetched and cached on first use ...
@@ -32,6 +33,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.data.pack = True               # several users per row (segment ids) instead of padding
   c.data.prefetch = 4              # batches prepared ahead in a background thread (0: none)
   c.data.all_windows = False       # long histories train on every max_len window, not the newest
+  # Item content (docs/models.md): a RecBole .item file or S3Rec item2attributes.json ...
+  c.data.item_features_path = ""
+  c.data.item_fields = ""          # .item columns to use, comma separated ("": all token fields)
+  c.data.text_embeddings_path = "" # ... and/or a [items, E] .npy (rows named by a .ids.txt beside it)
+  # Click and rating tasks.
+  c.data.click_threshold = 4.0     # rating >= this is a click (ctr)
+  c.data.negatives_per_positive = 1  # sampled non-interactions per event (ctr)
+  c.data.with_ratings = False      # give the model the history's ratings too
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "sasrec"
@@ -43,6 +52,23 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.model.positions = "end"        # "start" keeps positions stable under appends
   c.model.attention_impl = "auto"
   c.model.dtype = "float32"
+  c.model.item_representation = "id"  # "content" or "both" need data.item_features_path/text_embeddings_path
+  c.model.output_bias = True       # bert4rec: per-item output bias
+  c.model.num_position_buckets = 0  # hstu: 0 = one relative-position bucket per distance
+  c.model.num_time_buckets = 128   # hstu: log-spaced time-difference buckets (0: no time bias)
+  c.model.time_bucket_step = 0.301
+  c.model.bias_per_head = False
+  c.model.attention_norm = "max_len"
+  # din / bst (ctr, rating): the head on [z, e, z*e, user].
+  c.model.head = "mlp"             # linear | mlp | residual_mlp
+  c.model.head_hidden = (64, 32)
+  c.model.head_activation = "relu"
+  c.model.head_dropout = 0.0
+  c.model.head_blocks = 2
+  c.model.use_user_embedding = True
+  c.model.use_positions = True
+  c.model.use_ratings = False
+  c.model.use_biases = True
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32          # rows; packed rows hold ~2 ML-100K users each
@@ -53,6 +79,13 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.warmup_steps = 0
   c.train.schedule = "constant"    # or "cosine": decay to zero at num_epochs
   c.train.grad_clip = 1.0
+  c.train.loss = "softmax"         # sampled_softmax | bce | gbce (recattn_jax/training/losses.py)
+  c.train.num_negatives = config_dict.placeholder(int)  # None: the loss's default
+  c.train.negative_sampler = "uniform"  # sampled_softmax: or "in_batch"
+  c.train.logq_correction = True
+  c.train.gbce_t = 0.75
+  c.train.mask_prob = 0.2          # bert4rec cloze masking
+  c.train.last_item_prob = 0.0     # bert4rec: share of examples that mask only the last item
   c.train.num_epochs = 80
   c.train.eval_every_epochs = 2
   c.train.patience = 6             # evaluations without improvement before stopping

@@ -27,9 +27,15 @@ def main(argv):
   workdir = _WORKDIR.value or str(pathlib.Path("runs") / pathlib.Path(flags.FLAGS["config"].config_filename).stem)
   logging.info("workdir: %s", workdir)
   results = train_and_evaluate(_CONFIG.value, workdir)
-  print(f"\nBest validation at epoch {results['best_epoch']:.0f}; test metrics "
-        f"({results['data'].get('test_users', '?')} users, full ranking):")
-  print(format_table(results, _CONFIG.value.eval.ks))
+  ranking = results["task"] == "ranking"
+  print(f"\nBest validation at epoch {results['best_epoch']:.0f}; test metrics " + (
+      f"({results['data'].get('test_users', '?')} users, full ranking):" if ranking
+      else f"({results['data'].get('test_examples', '?')} examples):"))
+  print(format_table(results, _CONFIG.value.eval.ks if ranking else None))
+  for name in ("popularity_baseline", "item_mean_baseline"):
+    if name in results:
+      print(f"\n{name.replace('_', ' ')}:")
+      print(format_table({"test": results[name]}, _CONFIG.value.eval.ks if ranking else None))
   print(f"\nresults: {pathlib.Path(workdir) / 'results.json'}, metrics: {pathlib.Path(workdir) / 'metrics.jsonl'}")
 
 

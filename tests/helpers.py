@@ -3,6 +3,7 @@
 import pathlib
 
 import numpy as np
+import pandas as pd
 
 from recattn_jax.config import get_default_config
 
@@ -41,3 +42,30 @@ def tiny_config(data_path: pathlib.Path, **train_overrides):
   config.eval.ks = (1, 10)
   config.train.update(train_overrides)
   return config
+
+
+def preference_frame(users=160, items=48, groups=3, events=24, seed=0):
+  """Each user mostly rates items of a hidden preferred group, and rates those high."""
+  rng = np.random.default_rng(seed)
+  item_group = np.arange(items + 1) % groups
+  item_bias = rng.normal(0, 0.4, items + 1)
+  rows = []
+  for u in range(users):
+    g = rng.integers(groups)
+    own = np.flatnonzero(item_group == g)
+    own = own[own > 0]
+    other = np.flatnonzero((item_group != g) & (np.arange(items + 1) > 0))
+    for t in range(events):
+      liked = rng.random() < 0.6
+      item = rng.choice(own if liked else other)
+      rating = 2.0 + 2.0 * liked + item_bias[item] + rng.normal(0, 0.4)
+      rows.append((str(u), str(item), float(t), float(np.clip(np.round(rating), 1, 5))))
+  return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"])
+
+
+def write_ratings_file(path: pathlib.Path, **kwargs) -> pathlib.Path:
+  """`preference_frame` as a MovieLens u.data file (user, item, rating, timestamp; tabs)."""
+  frame = preference_frame(**kwargs)
+  lines = [f"{r.user_id}\t{r.item_id}\t{int(r.rating)}\t{int(r.timestamp)}" for r in frame.itertuples()]
+  path.write_text("\n".join(lines) + "\n")
+  return path

@@ -13,25 +13,7 @@ from recattn_jax.evaluation.ctr import auc, item_mean_baseline, rmse
 from recattn_jax.models.ctr import TargetAttentionModel, build_pointwise_model
 from recattn_jax.training import pointwise_task
 from recattn_jax.training.steps import make_mesh
-
-
-def preference_frame(users=160, items=48, groups=3, events=24, seed=0):
-  """Each user mostly rates items of a hidden preferred group, and rates those high."""
-  rng = np.random.default_rng(seed)
-  item_group = np.arange(items + 1) % groups
-  item_bias = rng.normal(0, 0.4, items + 1)
-  rows = []
-  for u in range(users):
-    g = rng.integers(groups)
-    own = np.flatnonzero(item_group == g)
-    own = own[own > 0]
-    other = np.flatnonzero((item_group != g) & (np.arange(items + 1) > 0))
-    for t in range(events):
-      liked = rng.random() < 0.6
-      item = rng.choice(own if liked else other)
-      rating = 2.0 + 2.0 * liked + item_bias[item] + rng.normal(0, 0.4)
-      rows.append((str(u), str(item), float(t), float(np.clip(np.round(rating), 1, 5))))
-  return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"])
+from tests.helpers import preference_frame
 
 
 def small_model(task, num_items, num_users, **kwargs):

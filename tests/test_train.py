@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from recattn_jax.training import loop
+from recattn_jax.training import loop, tasks
 from recattn_jax.training.metric_writer import read_metrics
 from tests.helpers import tiny_config, write_sequence_file
 
@@ -50,7 +50,7 @@ def test_rerun_of_finished_run_does_not_train_again(finished_run, data_file):
 
 def test_interrupted_run_resumes_to_identical_results(finished_run, data_file, tmp_path, monkeypatch):
   _, uninterrupted = finished_run
-  real_make_train_step = loop.make_train_step
+  real_make_train_step = tasks.make_train_step
 
   def crashing_make_train_step(*args, **kwargs):
     step_fn = real_make_train_step(*args, **kwargs)
@@ -63,11 +63,11 @@ def test_interrupted_run_resumes_to_identical_results(finished_run, data_file, t
       return step_fn(state, batch)
     return step
 
-  monkeypatch.setattr(loop, "make_train_step", crashing_make_train_step)
+  monkeypatch.setattr(tasks, "make_train_step", crashing_make_train_step)
   with pytest.raises(KeyboardInterrupt):
     loop.train_and_evaluate(tiny_config(data_file), tmp_path)
   assert not (tmp_path / "results.json").exists()
-  monkeypatch.setattr(loop, "make_train_step", real_make_train_step)
+  monkeypatch.setattr(tasks, "make_train_step", real_make_train_step)
   resumed = loop.train_and_evaluate(tiny_config(data_file), tmp_path)
   assert resumed["test"] == uninterrupted["test"]
   assert resumed["best_step"] == uninterrupted["best_step"]

@@ -1,44 +1,27 @@
-"""`train_and_evaluate(config, workdir)`: the whole job, resumable from `workdir`."""
+"""`train_and_evaluate(config, workdir)`: the whole job, resumable from `workdir`.
+
+The loop is shared by every task; what differs (data, model, loss and
+evaluation) comes from `tasks.build_job`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import pathlib
 import time
 
 import jax
 import ml_collections
-import numpy as np
 from tqdm import tqdm
 
-from recattn_jax.data.loading import load_split
-from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset
-from recattn_jax.evaluation import metrics_from_ranks
-from recattn_jax.models import build_model
 from recattn_jax.training.checkpoint import Checkpoints, Progress
 from recattn_jax.training.metric_writer import MetricWriter
-from recattn_jax.training.steps import (init_state, make_mesh, make_optimizer, make_rank_step,
-                                        make_train_step, shard_batch)
+from recattn_jax.training.steps import make_mesh, shard_batch
+from recattn_jax.training.tasks import PROTOCOLS, Job, build_job, higher_is_better
 
 log = logging.getLogger(__name__)
-
-PROTOCOLS = {True: "seen_excluded", False: "all_items"}
-
-
-def evaluate(rank_step, params, eval_set, *, config: ml_collections.ConfigDict, mesh) -> dict:
-  """Metrics of both protocols: {"seen_excluded": {...}, "all_items": {...}}."""
-  ranks = {True: [], False: []}
-  for batch in eval_batches(eval_set.histories, eval_set.targets, max_len=config.data.max_len,
-                            batch_size=config.eval.batch_size, padding=config.data.padding):
-    rows = int(batch["weight"].sum())
-    excluded, everything = rank_step(params, shard_batch(batch, mesh))
-    ranks[True].append(np.asarray(excluded)[:rows])
-    ranks[False].append(np.asarray(everything)[:rows])
-  return {PROTOCOLS[flag]: metrics_from_ranks(np.concatenate(r), tuple(config.eval.ks))
-          for flag, r in ranks.items()}
 
 
 def _write_json(path: pathlib.Path, payload: dict):
@@ -47,11 +30,16 @@ def _write_json(path: pathlib.Path, payload: dict):
   os.replace(tmp, path)
 
 
-def format_table(results: dict, ks) -> str:
+def format_table(results: dict, ks=None) -> str:
+  """The test metrics of `results.json` as a text table (ranking: one column per K)."""
+  test = results["test"]
+  if ks is None or not set(PROTOCOLS.values()) <= set(test):
+    return "\n".join(f"{protocol}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(row.items()))
+                     for protocol, row in test.items())
   lines = [f"{'test metric':<26}" + "".join(f"{'@' + str(k):>9}" for k in ks)]
   for protocol in PROTOCOLS.values():
     for name in ("HR", "NDCG", "MRR"):
-      row = results["test"][protocol]
+      row = test[protocol]
       lines.append(f"{name + ' (' + protocol + ')':<26}" + "".join(f"{row[f'{name}@{k}']:>9.4f}" for k in ks))
   return "\n".join(lines)
 
@@ -64,61 +52,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  split = load_split(config.data)
-  log.info("data: %s", json.dumps(split.stats, default=str))
-
   mesh = make_mesh(config.train.num_devices)
   for field in ("train.batch_size", "eval.batch_size"):
     section, key = field.split(".")
     if config[section][key] % mesh.size:
       raise ValueError(f"{field}={config[section][key]} must be divisible by the {mesh.size} devices")
 
-  max_len = config.data.max_len
-  model = build_model(config.model, num_items=split.num_items, max_len=max_len)
-  rows = rows_per_pass(split.train, max_len=max_len, seed=config.seed, pack=config.data.pack,
-                       all_windows=config.data.all_windows)
-  steps_per_epoch = math.ceil(rows / config.train.batch_size)
-  total_steps = config.train.num_epochs * steps_per_epoch
-  optimizer = make_optimizer(config.train, total_steps)
-  state = init_state(model, optimizer, seed=config.seed, max_len=max_len, mesh=mesh)
-  data_iter = iter(train_dataset(split.train, max_len=max_len, batch_size=config.train.batch_size,
-                                 seed=config.seed, padding=config.data.padding,
-                                 pack=config.data.pack, all_windows=config.data.all_windows,
-                                 prefetch=config.data.prefetch))
-
+  job = build_job(config, mesh)
+  log.info("data: %s", json.dumps(job.stats, default=str))
   checkpoints = Checkpoints(workdir)
   progress = Progress()
-  restored = checkpoints.restore_latest(state, data_iter)
+  state = job.state
+  restored = checkpoints.restore_latest(state, job.data_iter)
   if restored is not None:
     state, progress = restored
     log.info("resuming from step %d (finished=%s)", int(state.step), progress.finished)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2), encoding="utf-8")
 
   writer = MetricWriter(workdir, resume_step=int(state.step))
-  rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
   try:
-    state = _train(state, progress, config=config, split=split, model=model, optimizer=optimizer,
-                   mesh=mesh, data_iter=data_iter, checkpoints=checkpoints, writer=writer,
-                   rank_step=rank_step, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    results = _final_results(state, progress, config=config, split=split, rank_step=rank_step, mesh=mesh,
-                             checkpoints=checkpoints, steps_per_epoch=steps_per_epoch)
-    writer.write(int(state.step), "test", results["test"][results["primary_protocol"]],
-                 protocol=results["primary_protocol"])
+    state = _train(state, progress, config=config, job=job, mesh=mesh, checkpoints=checkpoints,
+                   writer=writer)
+    results = _final_results(state, progress, config=config, job=job, checkpoints=checkpoints,
+                             num_devices=mesh.size)
+    writer.write(int(state.step), "test", results["test"][job.primary], protocol=job.primary)
   finally:
-    data_iter.close()
+    if hasattr(job.data_iter, "close"):
+      job.data_iter.close()
     writer.close()
     checkpoints.close()
   _write_json(workdir / "results.json", results)
   return results
 
 
-def _train(state, progress: Progress, *, config, split, model, optimizer, mesh, data_iter,
-           checkpoints: Checkpoints, writer: MetricWriter, rank_step, steps_per_epoch: int,
-           total_steps: int):
-  """Steps until early stopping or `total_steps`; evaluates and checkpoints every `eval_every` steps."""
+def _train(state, progress: Progress, *, config, job: Job, mesh, checkpoints: Checkpoints,
+           writer: MetricWriter):
+  """Steps until early stopping or the last step; evaluates and checkpoints every `eval_every` steps."""
+  steps_per_epoch, total_steps = job.steps_per_epoch, job.total_steps
   eval_every = max(1, int(config.train.eval_every_epochs * steps_per_epoch))
-  train_step = make_train_step(model, optimizer, mesh, state)
-  primary = PROTOCOLS[config.eval.exclude_seen]
+  train_step = job.make_train_step(state)
+  metric = config.train.early_stopping_metric
+  sign = 1.0 if higher_is_better(metric) else -1.0
   step = int(state.step)
   bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0,
              disable=progress.finished or not config.train.progress_bar)
@@ -126,10 +100,10 @@ def _train(state, progress: Progress, *, config, split, model, optimizer, mesh, 
   segment_start = time.perf_counter()
 
   while not progress.finished and step < total_steps:
-    state, metrics = train_step(state, shard_batch(next(data_iter), mesh))
+    state, metrics = train_step(state, shard_batch(next(job.data_iter), mesh))
     step += 1
     window_steps += 1
-    window_events += metrics["events"]  # stays on device: no sync per step
+    window_events += metrics["events"] if "events" in metrics else metrics["examples"]  # no sync
     bar.update(1)
     if step % config.train.log_every_steps == 0 or step % eval_every == 0:
       metrics = jax.device_get(metrics)
@@ -142,14 +116,16 @@ def _train(state, progress: Progress, *, config, split, model, optimizer, mesh, 
       window_start, window_steps, window_events = time.perf_counter(), 0, 0.0
 
     if step % eval_every == 0 or step == total_steps:
-      valid = evaluate(rank_step, state.params, split.valid, config=config, mesh=mesh)
-      score = valid[primary][config.train.early_stopping_metric]
+      valid = job.evaluate(state.params, "valid")[job.primary]
+      if metric not in valid:
+        raise ValueError(f"train.early_stopping_metric={metric!r} is not among {sorted(valid)}")
+      score = sign * valid[metric]
       now = time.perf_counter()
       progress.train_seconds += now - segment_start
       segment_start = now
-      writer.write(step, "valid", valid[primary], epoch=step / steps_per_epoch, protocol=primary,
+      writer.write(step, "valid", valid, epoch=step / steps_per_epoch, protocol=job.primary,
                    train_seconds=progress.train_seconds)
-      if score > progress.best_metric:
+      if progress.best_step < 0 or score > progress.best_metric:
         progress.best_metric, progress.best_step = score, step
         progress.evals_without_improvement = 0
         checkpoints.save_best(step, state.params)
@@ -158,27 +134,29 @@ def _train(state, progress: Progress, *, config, split, model, optimizer, mesh, 
       progress.finished = (progress.evals_without_improvement >= config.train.patience
                            or step >= total_steps)
       log.info("step %d epoch %.1f: valid %s=%.4f (best %.4f at step %d)%s", step, step / steps_per_epoch,
-               config.train.early_stopping_metric, score, progress.best_metric, progress.best_step,
+               metric, valid[metric], sign * progress.best_metric, progress.best_step,
                " - stopping" if progress.finished else "")
-      checkpoints.save_latest(step, state, data_iter, progress)
+      checkpoints.save_latest(step, state, job.data_iter, progress)
   bar.close()
   checkpoints.wait()
   return state
 
 
-def _final_results(state, progress: Progress, *, config, split, rank_step, mesh,
-                   checkpoints: Checkpoints, steps_per_epoch: int) -> dict:
+def _final_results(state, progress: Progress, *, config, job: Job, checkpoints: Checkpoints,
+                   num_devices: int) -> dict:
   """Test and validation metrics of the best checkpoint, with what is needed to reproduce them."""
   best_params = checkpoints.restore_best(state.params)
   return {
-      "test": evaluate(rank_step, best_params, split.test, config=config, mesh=mesh),
-      "valid": evaluate(rank_step, best_params, split.valid, config=config, mesh=mesh),
-      "primary_protocol": PROTOCOLS[config.eval.exclude_seen],
+      "test": job.evaluate(best_params, "test"),
+      "valid": job.evaluate(best_params, "valid"),
+      **job.report(best_params),
+      "task": config.get("task", "ranking"),
+      "primary_protocol": job.primary,
       "best_step": progress.best_step,
-      "best_epoch": progress.best_step / steps_per_epoch,
+      "best_epoch": progress.best_step / job.steps_per_epoch,
       "steps_run": int(state.step),
       "train_seconds": progress.train_seconds,
-      "num_devices": mesh.size,
-      "data": split.stats,
+      "num_devices": num_devices,
+      "data": job.stats,
       "config": json.loads(config.to_json_best_effort()),
   }

@@ -20,7 +20,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from recattn_jax.evaluation import target_ranks
-from recattn_jax.models import last_hidden
+from recattn_jax.evaluation.topk import top_k_items
+from recattn_jax.models import fold_item_bias, last_hidden
+from recattn_jax.training.losses import LossFn, next_item_loss_fn
 
 DATA_AXIS = "data"
 
@@ -91,22 +93,34 @@ def catalogue_logits(hidden: jax.Array, item_table: jax.Array) -> jax.Array:
   return logits.at[..., 0].set(-1e30)
 
 
-def next_item_loss(model: nn.Module, params, batch, dropout_key) -> tuple[jax.Array, dict]:
-  """Full-softmax cross-entropy over the catalogue at every real position."""
-  hidden = model.apply(params, batch["inputs"], batch.get("segment_ids"), deterministic=False,
-                       rngs={"dropout": dropout_key})
-  item_table = model.apply(params, method="item_embeddings")
-  logits = catalogue_logits(hidden, item_table)
-  targets = batch["targets"]
-  weight = (targets > 0).astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  count = jnp.maximum(weight.sum(), 1.0)
-  loss = jnp.sum(ce * weight) / count
-  return loss, {"loss": loss, "events": weight.sum()}
+def encode(model: nn.Module, params, batch: dict, **kwargs) -> jax.Array:
+  """Hidden states [B, L, D] of a batch; packing segment ids and timestamps when it has them."""
+  if "timestamps" in batch:
+    kwargs["timestamps"] = batch["timestamps"]
+  return model.apply(params, batch["inputs"], batch.get("segment_ids"), **kwargs)
+
+
+def scoring_inputs(model: nn.Module, params, hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(hidden, table) whose dot products are the model's item scores (BERT4Rec's bias folded in)."""
+  table = model.apply(params, method="item_embeddings")
+  if hasattr(model, "item_bias"):
+    return fold_item_bias(hidden, table, model.apply(params, method="item_bias"))
+  return hidden, table
+
+
+def next_item_loss(model: nn.Module, params, batch, dropout_key, loss_fn: LossFn | None = None
+                   ) -> tuple[jax.Array, dict]:
+  """`loss_fn` (default: full-softmax CE) at every position with a target (next item or cloze)."""
+  loss_fn = loss_fn or next_item_loss_fn("softmax")
+  dropout_key, sample_key = jax.random.split(dropout_key)
+  hidden = encode(model, params, batch, deterministic=False, rngs={"dropout": dropout_key})
+  hidden, table = scoring_inputs(model, params, hidden)
+  return loss_fn(hidden, table, batch["targets"], sample_key)
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    state: TrainState) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    state: TrainState, loss_fn: LossFn | None = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   replicated = NamedSharding(mesh, P())
@@ -118,10 +132,10 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, m
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     dropout_key = jax.random.fold_in(state.dropout_key, state.step)
     grads, metrics = jax.grad(
-        lambda p: next_item_loss(model, p, batch, dropout_key), has_aux=True)(state.params)
+        lambda p: next_item_loss(model, p, batch, dropout_key, loss_fn), has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
@@ -133,14 +147,23 @@ def make_rank_step(model: nn.Module, mesh: Mesh, *, item_chunk: int, ties: str) 
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
   def rank_step(params, batch):
-    hidden = model.apply(params, batch["inputs"], deterministic=True)
-    users = last_hidden(hidden, batch["inputs"])
-    table = model.apply(params, method="item_embeddings")
+    users, table = scoring_inputs(model, params, last_hidden(encode(model, params, batch), batch["inputs"]))
     kwargs = dict(item_chunk=item_chunk, ties=ties)
     return (target_ranks(users, table, batch["targets"], batch["exclude"], **kwargs),
             target_ranks(users, table, batch["targets"], None, **kwargs))
 
   return jax.jit(rank_step, in_shardings=(None, batch_sharding))
+
+
+def make_top_k_step(model: nn.Module, mesh: Mesh, *, k: int, item_chunk: int) -> Callable:
+  """(params, batch) -> the top-`k` item ids [B, k] with the user's seen items excluded."""
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+
+  def top_k_step(params, batch):
+    users, table = scoring_inputs(model, params, last_hidden(encode(model, params, batch), batch["inputs"]))
+    return top_k_items(users, table, k, batch["exclude"], item_chunk=item_chunk)[1]
+
+  return jax.jit(top_k_step, in_shardings=(None, batch_sharding))
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:

@@ -1,0 +1,235 @@
+"""What each task brings to the shared training loop: data, model, state, steps and evaluation.
+
+  * "ranking": next-item prediction over the whole catalogue with a user
+    encoder (SASRec, BERT4Rec trained by cloze, HSTU), any `train.loss`, and
+    full-ranking HR/NDCG/MRR@K under both protocols, plus beyond-accuracy
+    metrics and a popularity baseline in the final results;
+  * "ctr": click prediction (DIN/BST target attention), AUC/GAUC/LogLoss;
+  * "rating": rating regression with the same models, RMSE/MAE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from recattn_jax.data import readers
+from recattn_jax.data.ctr import build_pointwise_data
+from recattn_jax.data.features import load_item_features
+from recattn_jax.data.loading import interactions_path, load_split, load_split_features
+from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset
+from recattn_jax.evaluation import metrics_from_ranks, target_ranks
+from recattn_jax.evaluation.beyond import beyond_accuracy_report, item_popularity
+from recattn_jax.evaluation.ctr import ctr_metrics, item_mean_baseline, rating_metrics
+from recattn_jax.models import build_model
+from recattn_jax.models.ctr import build_pointwise_model
+from recattn_jax.training import pointwise_task
+from recattn_jax.training.losses import next_item_loss_fn
+from recattn_jax.training.steps import (TrainState, init_state, make_optimizer, make_rank_step,
+                                        make_top_k_step, make_train_step, shard_batch)
+
+TASKS = ("ranking", "ctr", "rating")
+PROTOCOLS = {True: "seen_excluded", False: "all_items"}
+LOWER_IS_BETTER = ("RMSE", "MAE", "LogLoss")
+
+
+@dataclasses.dataclass
+class Job:
+  """One task, built and ready for `loop.train_and_evaluate`."""
+
+  state: TrainState
+  data_iter: Any  # a checkpointable Grain iterator of training batches
+  make_train_step: Callable[[TrainState], Callable]
+  steps_per_epoch: int
+  total_steps: int
+  evaluate: Callable[[Any, str], dict]  # (params, "valid" | "test") -> {protocol: {metric: value}}
+  primary: str  # the protocol whose `train.early_stopping_metric` decides
+  stats: dict
+  report: Callable[[Any], dict] = lambda params: {}  # extra final results of the best params
+
+
+def higher_is_better(metric: str) -> bool:
+  return metric not in LOWER_IS_BETTER
+
+
+def build_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
+  task = config.get("task", "ranking")
+  if task == "ranking":
+    return ranking_job(config, mesh)
+  if task in ("ctr", "rating"):
+    return pointwise_job(config, mesh, task)
+  raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+# ----------------------------------------------------------------------------
+# Next-item ranking.
+
+
+def _objective(model_config) -> str:
+  return "cloze" if model_config.name == "bert4rec" else "next_item"
+
+
+def _uses_timestamps(model_config) -> bool:
+  return model_config.name == "hstu" and model_config.get("num_time_buckets", 0) > 0
+
+
+def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
+  split = load_split(config.data)
+  item_features = load_split_features(config.data, split)
+  max_len = config.data.max_len
+  model = build_model(config.model, num_items=split.num_items, max_len=max_len,
+                      item_features=item_features)
+  objective = _objective(config.model)
+  mask_id = split.num_items + 1 if objective == "cloze" else None
+  timestamps = _uses_timestamps(config.model)
+  cloze = dict(objective=objective, mask_prob=config.train.get("mask_prob", 0.2), mask_id=mask_id,
+               last_item_prob=config.train.get("last_item_prob", 0.0))
+  rows = rows_per_pass(split.train, max_len=max_len, seed=config.seed, pack=config.data.pack,
+                       all_windows=config.data.all_windows, objective=objective)
+  steps_per_epoch = math.ceil(rows / config.train.batch_size)
+  total_steps = config.train.num_epochs * steps_per_epoch
+  optimizer = make_optimizer(config.train, total_steps)
+  state = init_state(model, optimizer, seed=config.seed, max_len=max_len, mesh=mesh)
+  data_iter = iter(train_dataset(
+      split.train, max_len=max_len, batch_size=config.train.batch_size, seed=config.seed,
+      padding=config.data.padding, pack=config.data.pack, all_windows=config.data.all_windows,
+      prefetch=config.data.prefetch, timestamps=split.train_timestamps if timestamps else None,
+      **cloze))
+  loss_fn = next_item_loss_fn(
+      config.train.get("loss", "softmax"), num_negatives=config.train.get("num_negatives", None),
+      negative_sampler=config.train.get("negative_sampler", "uniform"),
+      logq_correction=config.train.get("logq_correction", True),
+      gbce_t=config.train.get("gbce_t", 0.75))
+  rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
+
+  def batches_of(eval_set):
+    return eval_batches(eval_set.histories, eval_set.targets, max_len=max_len,
+                        batch_size=config.eval.batch_size, padding=config.data.padding,
+                        append_mask_id=mask_id,
+                        timestamps=eval_set.history_timestamps if timestamps else None)
+
+  def evaluate(params, which: str) -> dict:
+    ranks = {True: [], False: []}
+    for batch in batches_of(getattr(split, which)):
+      rows = int(batch["weight"].sum())
+      excluded, everything = rank_step(params, shard_batch(batch, mesh))
+      ranks[True].append(np.asarray(excluded)[:rows])
+      ranks[False].append(np.asarray(everything)[:rows])
+    return {PROTOCOLS[flag]: metrics_from_ranks(np.concatenate(r), tuple(config.eval.ks))
+            for flag, r in ranks.items()}
+
+  popularity = item_popularity(split.train, split.num_items)
+
+  def report(params) -> dict:
+    """Beyond-accuracy metrics of the test top-K lists, and the popularity baseline."""
+    k = max(config.eval.ks)
+    top_k_step = make_top_k_step(model, mesh, k=k, item_chunk=config.eval.item_chunk)
+    lists = []
+    for batch in batches_of(split.test):
+      rows = int(batch["weight"].sum())
+      lists.append(np.asarray(top_k_step(params, shard_batch(batch, mesh)))[:rows])
+    beyond = beyond_accuracy_report(np.concatenate(lists), split.test.targets, popularity,
+                                    ks=tuple(k for k in config.eval.ks if k > 1))
+    return {"beyond_accuracy": beyond,
+            "popularity_baseline": popularity_baseline(split.test, popularity, config)}
+
+  return Job(state=state, data_iter=data_iter,
+             make_train_step=lambda s: make_train_step(model, optimizer, mesh, s, loss_fn),
+             steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
+             primary=PROTOCOLS[config.eval.exclude_seen], stats=split.stats, report=report)
+
+
+def popularity_baseline(eval_set, popularity: np.ndarray, config) -> dict:
+  """Both protocols' metrics of ranking every user's items by training popularity.
+
+  A one-dimensional "user" of 1 against a table of counts ranks by popularity
+  with the same tie rule and exclusion as the models.
+  """
+  table = jnp.asarray(popularity, jnp.float32)[:, None].at[0].set(0.0)
+  out = {}
+  for exclude, protocol in PROTOCOLS.items():
+    ranks = []
+    for batch in eval_batches(eval_set.histories, eval_set.targets, max_len=1,
+                              batch_size=config.eval.batch_size):
+      rows = int(batch["weight"].sum())
+      users = jnp.ones((len(batch["targets"]), 1), jnp.float32)
+      ranks.append(np.asarray(target_ranks(
+          users, table, batch["targets"], batch["exclude"] if exclude else None,
+          item_chunk=config.eval.item_chunk, ties=config.eval.ties))[:rows])
+    out[protocol] = metrics_from_ranks(np.concatenate(ranks), tuple(config.eval.ks))
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Click and rating prediction.
+
+
+def _pointwise_batches(arrays: dict, *, batch_size: int, seed: int) -> grain.MapDataset:
+  """Endless shuffled full batches; every pass over the examples is a fresh permutation."""
+  size = len(arrays["labels"])
+  if size < batch_size:
+    raise ValueError(f"train.batch_size={batch_size} exceeds the {size} training examples")
+
+  def example(index):
+    row = {key: value[index] for key, value in arrays.items()}
+    row["weight"] = np.float32(1.0)
+    return row
+
+  return (grain.MapDataset.range(size).shuffle(seed=seed).repeat().map(example)
+          .batch(batch_size, drop_remainder=True))
+
+
+def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> Job:
+  data_config = config.data
+  path = interactions_path(data_config)
+  frame = readers.read_interactions(path, fmt=data_config.format)
+  data = build_pointwise_data(
+      frame, task, max_len=data_config.max_len,
+      threshold=data_config.get("click_threshold", 4.0),
+      negatives_per_positive=data_config.get("negatives_per_positive", 1),
+      with_ratings=data_config.get("with_ratings", False), seed=config.seed)
+  data.stats["source"] = str(path)
+  item_features = None
+  if data_config.get("item_features_path") or data_config.get("text_embeddings_path"):
+    train_items = [data.train.items[data.train.labels > 0]] if task == "ctr" else [data.train.items]
+    item_features = load_item_features(data_config, data.item_ids, train=train_items)
+  model = build_pointwise_model(config.model, task=task, num_items=data.num_items,
+                                num_users=data.num_users, max_len=data_config.max_len,
+                                global_mean=float(data.stats.get("train_label_mean", 0.0)),
+                                item_features=item_features)
+  train_arrays = data.train.arrays()
+  steps_per_epoch = max(1, len(data.train) // config.train.batch_size)
+  total_steps = config.train.num_epochs * steps_per_epoch
+  optimizer = make_optimizer(config.train, total_steps)
+  example = {key: value[:1] for key, value in train_arrays.items()}
+  state = pointwise_task.init_pointwise_state(model, optimizer, example, seed=config.seed, mesh=mesh)
+  data_iter = iter(_pointwise_batches(train_arrays, batch_size=config.train.batch_size,
+                                      seed=config.seed))
+  predict_step = pointwise_task.make_predict_step(model, task, mesh=mesh)
+
+  def evaluate(params, which: str) -> dict:
+    arrays = getattr(data, which).arrays()
+    return {task: pointwise_task.evaluate(predict_step, params, arrays, task, config.eval.batch_size)}
+
+  def report(params) -> dict:
+    """The smoothed item-mean (click-rate or rating) baseline on the test set."""
+    baseline = item_mean_baseline(data.train.items, data.train.labels, data.num_items)
+    test = data.test.arrays()
+    preds = baseline[test["items"]]
+    metrics = (ctr_metrics(test["users"], test["labels"], preds) if task == "ctr"
+               else rating_metrics(test["labels"], preds))
+    return {"item_mean_baseline": {task: metrics}}
+
+  return Job(state=state, data_iter=data_iter,
+             make_train_step=lambda s: pointwise_task.make_pointwise_train_step(
+                 model, optimizer, task, mesh=mesh),
+             steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
+             primary=task, stats=data.stats, report=report)
