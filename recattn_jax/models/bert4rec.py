@@ -29,6 +29,7 @@ from recattn_jax.data.features import ItemFeatures
 from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.models.sasrec import positions_in_sequence
 from recattn_jax.models.transformer import TransformerBlock
+from recattn_jax.models.dropout import Dropout
 
 
 class BERT4Rec(nn.Module):
@@ -66,7 +67,7 @@ class BERT4Rec(nn.Module):
     self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
                               embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")
     self.embed_norm = nn.LayerNorm(dtype=self.dtype)
-    self.input_dropout = nn.Dropout(self.dropout_rate)
+    self.input_dropout = Dropout(self.dropout_rate)
     self.blocks = [
         TransformerBlock(self.embed_dim, self.num_heads, self.ff_dim, self.dropout_rate,
                          self.attention_impl, self.dtype, name=f"block_{i}")

@@ -27,6 +27,7 @@ from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.models.matchers import TargetAttention
 from recattn_jax.models.sasrec import positions_in_sequence
 from recattn_jax.models.transformer import TransformerBlock
+from recattn_jax.models.dropout import Dropout
 
 TASKS = ("ctr", "rating")
 POINTWISE_MODELS = ("din", "bst")
@@ -89,7 +90,7 @@ class TargetAttentionModel(nn.Module):
                                 name="pos_embed")
     if self.use_ratings:
       self.rating_proj = nn.Dense(self.embed_dim, dtype=self.dtype, name="rating_proj")
-    self.input_dropout = nn.Dropout(self.dropout_rate)
+    self.input_dropout = Dropout(self.dropout_rate)
     self.blocks = [
         TransformerBlock(self.embed_dim, self.num_heads, self.ff_dim, self.dropout_rate,
                          self.attention_impl, self.dtype, name=f"block_{i}")

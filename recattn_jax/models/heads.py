@@ -16,6 +16,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from recattn_jax.models.dropout import Dropout
 
 ACTIVATIONS = {
     "relu": nn.relu,
@@ -57,7 +58,7 @@ class MLPHead(nn.Module):
     act = _activation(self.activation)
     for i, width in enumerate(self.hidden):
       x = act(nn.Dense(width, dtype=self.dtype, name=f"hidden_{i}")(x))
-      x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+      x = Dropout(self.dropout)(x, deterministic=deterministic)
     return nn.Dense(self.out, dtype=self.dtype, name="output")(x)
 
 
@@ -79,7 +80,7 @@ class ResidualMLPHead(nn.Module):
     for i in range(self.num_blocks):
       h = nn.LayerNorm(dtype=self.dtype, name=f"norm_{i}")(x)
       h = act(nn.Dense(self.width * self.expansion, dtype=self.dtype, name=f"up_{i}")(h))
-      h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+      h = Dropout(self.dropout)(h, deterministic=deterministic)
       x = x + nn.Dense(self.width, dtype=self.dtype, name=f"down_{i}")(h)
     x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
     return nn.Dense(self.out, dtype=self.dtype, name="output")(x)

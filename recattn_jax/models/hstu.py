@@ -47,6 +47,7 @@ from recattn_jax.attention import MaskSpec, attend, pointwise_normalizer
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.models.sasrec import positions_in_sequence
+from recattn_jax.models.dropout import Dropout
 
 
 def time_buckets(timestamps: jax.Array, num_buckets: int, step: float) -> jax.Array:
@@ -105,7 +106,7 @@ class HSTUBlock(nn.Module):
     self.uvqk = nn.DenseGeneral((4, self.num_heads, head_dim), dtype=self.dtype)
     self.attention_norm = nn.LayerNorm(dtype=self.dtype)
     self.out = nn.Dense(self.features, dtype=self.dtype)
-    self.dropout = nn.Dropout(self.dropout_rate)
+    self.dropout = Dropout(self.dropout_rate)
 
   def __call__(self, x: jax.Array, mask: MaskSpec, bias: jax.Array | None, valid: jax.Array,
                deterministic: bool, row_scale: jax.Array | None = None) -> jax.Array:
@@ -153,7 +154,7 @@ class HSTU(nn.Module):
                                   representation=self.item_representation, name="item_embed")
     self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
                               embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")
-    self.input_dropout = nn.Dropout(self.dropout_rate)
+    self.input_dropout = Dropout(self.dropout_rate)
     self.relative_bias = RelativeBias(self.num_position_buckets or self.max_len,
                                       self.num_time_buckets, self.time_bucket_step,
                                       self.num_heads if self.bias_per_head else 1)

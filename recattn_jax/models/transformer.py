@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from recattn_jax.attention import MaskSpec, attend
 from recattn_jax.attention.mask import dense_mask
+from recattn_jax.models.dropout import Dropout
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -71,7 +72,7 @@ class FeedForward(nn.Module):
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     h = nn.Dense(self.hidden_dim, dtype=self.dtype)(x)
     h = nn.gelu(h)
-    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    h = Dropout(self.dropout_rate)(h, deterministic=deterministic)
     return nn.Dense(x.shape[-1], dtype=self.dtype)(h)
 
 
@@ -90,7 +91,7 @@ class TransformerBlock(nn.Module):
     self.attention = MultiHeadSelfAttention(self.features, self.num_heads, self.attention_impl, self.dtype)
     self.ff_norm = nn.LayerNorm(dtype=self.dtype)
     self.ff = FeedForward(self.ff_dim, self.dropout_rate, self.dtype)
-    self.dropout = nn.Dropout(self.dropout_rate)
+    self.dropout = Dropout(self.dropout_rate)
 
   def __call__(self, x: jax.Array, mask: MaskSpec, valid: jax.Array, deterministic: bool, *,
                capture_attention: bool = False):
