@@ -6,7 +6,7 @@ import pathlib
 
 import ml_collections
 
-from recattn_jax.data import download, preprocess, readers
+from recattn_jax.data import download, features, preprocess, readers
 
 SPLITS = ("leave_one_out", "time")
 
@@ -43,3 +43,18 @@ def load_split(data_config: ml_collections.ConfigDict) -> preprocess.Split:
   split.stats.update(source=str(path), kcore=kcore_stats,
                      **{k: v for k, v in sequences.stats.items() if k not in split.stats})
   return split
+
+
+def load_split_features(data_config: ml_collections.ConfigDict,
+                        split: preprocess.Split) -> features.ItemFeatures | None:
+  """Item features aligned with `split` (None when the config names no source).
+
+  Items without training events are marked (`ItemFeatures.trained`) so that the
+  item encoder can treat them as cold; the feature stats go into `split.stats`.
+  """
+  if split.item_ids is None:
+    raise ValueError("split has no item_ids to align item features with")
+  item_features = features.load_item_features(data_config, split.item_ids, train=split.train)
+  if item_features is not None:
+    split.stats["item_features"] = item_features.stats
+  return item_features

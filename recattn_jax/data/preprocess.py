@@ -44,6 +44,8 @@ class EvalSet:
   users: np.ndarray  # int32 user indices
   histories: list[np.ndarray]  # all items before the target, chronological
   targets: np.ndarray  # int32
+  # Per example, float64 seconds aligned with `histories` (None: not recorded).
+  history_timestamps: list[np.ndarray] | None = None
 
   def __len__(self) -> int:
     return len(self.targets)
@@ -59,6 +61,11 @@ class Split:
   # User index of each `train` sequence (train skips users with < 2 training events).
   train_users: np.ndarray = dataclasses.field(
       default_factory=lambda: np.zeros(0, np.int32))
+  # Original item id of internal item j (item_ids[0] = "<pad>"), as in `SequenceData`;
+  # item features (`data.features`) are aligned through it. None when built by hand.
+  item_ids: np.ndarray | None = None
+  # float64 seconds aligned with each `train` sequence (empty when built by hand).
+  train_timestamps: list[np.ndarray] = dataclasses.field(default_factory=list)
 
 
 def _check_frame(df: pd.DataFrame) -> None:
@@ -229,22 +236,27 @@ class _SplitBuilder:
   def __init__(self):
     self.train: list[np.ndarray] = []
     self.train_users: list[int] = []
-    self.evals = {"valid": ([], [], []), "test": ([], [], [])}
+    self.train_timestamps: list[np.ndarray] = []
+    self.evals = {"valid": ([], [], [], []), "test": ([], [], [], [])}
 
-  def add_train(self, user: int, sequence: np.ndarray) -> None:
+  def add_train(self, user: int, sequence: np.ndarray, times: np.ndarray) -> None:
     if len(sequence) >= 2:  # one event has no next item to predict
       self.train.append(sequence)
       self.train_users.append(user)
+      self.train_timestamps.append(times)
 
-  def add_eval(self, name: str, user: int, history: np.ndarray, target: int) -> None:
-    users, histories, targets = self.evals[name]
+  def add_eval(self, name: str, user: int, history: np.ndarray, target: int,
+               times: np.ndarray) -> None:
+    users, histories, targets, history_times = self.evals[name]
     users.append(user)
     histories.append(history)
     targets.append(target)
+    history_times.append(times)
 
   def _eval_set(self, name: str) -> EvalSet:
-    users, histories, targets = self.evals[name]
-    return EvalSet(np.asarray(users, np.int32), histories, np.asarray(targets, np.int32))
+    users, histories, targets, history_times = self.evals[name]
+    return EvalSet(np.asarray(users, np.int32), histories, np.asarray(targets, np.int32),
+                   history_timestamps=history_times)
 
   def build(self, data: SequenceData, stats: dict) -> Split:
     stats = {**data.stats, **stats, "train_users": len(self.train),
@@ -253,7 +265,8 @@ class _SplitBuilder:
              "test_users": len(self.evals["test"][2])}
     return Split(train=self.train, valid=self._eval_set("valid"),
                  test=self._eval_set("test"), num_items=data.num_items, stats=stats,
-                 train_users=np.asarray(self.train_users, np.int32))
+                 train_users=np.asarray(self.train_users, np.int32), item_ids=data.item_ids,
+                 train_timestamps=self.train_timestamps)
 
 
 def leave_one_out(data: SequenceData) -> Split:
@@ -265,14 +278,14 @@ def leave_one_out(data: SequenceData) -> Split:
   """
   builder = _SplitBuilder()
   too_short = 0
-  for user, sequence in enumerate(data.sequences):
+  for user, (sequence, times) in enumerate(zip(data.sequences, data.timestamps)):
     if len(sequence) < 3:
       too_short += 1
-      builder.add_train(user, sequence)
+      builder.add_train(user, sequence, times)
       continue
-    builder.add_train(user, sequence[:-2])
-    builder.add_eval("valid", user, sequence[:-2], int(sequence[-2]))
-    builder.add_eval("test", user, sequence[:-1], int(sequence[-1]))
+    builder.add_train(user, sequence[:-2], times[:-2])
+    builder.add_eval("valid", user, sequence[:-2], int(sequence[-2]), times[:-2])
+    builder.add_eval("test", user, sequence[:-1], int(sequence[-1]), times[:-1])
   return builder.build(data, {"split": "leave_one_out",
                               "users_too_short_for_eval": too_short})
 
@@ -297,7 +310,7 @@ def time_split(data: SequenceData, valid_start: float, test_start: float) -> Spl
     if np.any(np.diff(times) < 0):
       raise ValueError(f"user {user}: timestamps are not in chronological order")
     v, t = np.searchsorted(times, [valid_start, test_start], side="left")
-    builder.add_train(user, sequence[:v])
+    builder.add_train(user, sequence[:v], times[:v])
     train_items[sequence[:v]] = True
     for name, cut, has_event in (("valid", v, v < t), ("test", t, t < len(sequence))):
       if not has_event:
@@ -305,7 +318,7 @@ def time_split(data: SequenceData, valid_start: float, test_start: float) -> Spl
       if cut == 0:
         skipped[name] += 1
       else:
-        builder.add_eval(name, user, sequence[:cut], int(sequence[cut]))
+        builder.add_eval(name, user, sequence[:cut], int(sequence[cut]), times[:cut])
   split = builder.build(data, {
       "split": "time", "valid_start": float(valid_start), "test_start": float(test_start),
       "valid_skipped_empty_history": skipped["valid"],

@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 
 from recattn_jax.attention import MaskSpec
+from recattn_jax.data.features import ItemFeatures
 from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.models.transformer import TransformerBlock
+from recattn_jax.models.dropout import Dropout
 
 
 def positions_in_sequence(segment_ids: jax.Array, count_from: str) -> jax.Array:
@@ -53,12 +55,18 @@ class SASRec(nn.Module):
   positions: str = "end"
   attention_impl: str = "auto"
   dtype: jnp.dtype = jnp.float32
+  # What an item's vector is made of ("id", "content", "both"; see ItemEncoder).
+  item_features: ItemFeatures | None = None
+  item_representation: str = "id"
+  item_id_dropout: float = 0.0
 
   def setup(self):
-    self.item_embed = ItemEncoder(self.num_items, self.embed_dim, name="item_embed")
+    self.item_embed = ItemEncoder(self.num_items, self.embed_dim, item_features=self.item_features,
+                                  representation=self.item_representation,
+                                  id_dropout=self.item_id_dropout, name="item_embed")
     self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
                               embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")
-    self.input_dropout = nn.Dropout(self.dropout_rate)
+    self.input_dropout = Dropout(self.dropout_rate)
     self.blocks = [
         TransformerBlock(self.embed_dim, self.num_heads, self.ff_dim, self.dropout_rate,
                          self.attention_impl, self.dtype, name=f"block_{i}")
@@ -131,9 +139,12 @@ class SASRec(nn.Module):
     if items.shape[1] > self.max_len:
       raise ValueError(f"history length {items.shape[1]} exceeds model.max_len={self.max_len}")
 
-  def item_embeddings(self) -> jax.Array:
-    """[num_items + 1, D]; row 0 is padding and is never a valid prediction."""
-    return self.item_embed.table()
+  def item_embeddings(self, deterministic: bool = True) -> jax.Array:
+    """[num_items + 1, D]; row 0 is padding and is never a valid prediction.
+
+    With `deterministic=False` the item encoder's id dropout (if any) applies.
+    """
+    return self.item_embed.table(deterministic=deterministic)
 
 
 def last_hidden(hidden: jax.Array, items: jax.Array) -> jax.Array:
