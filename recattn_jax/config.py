@@ -36,7 +36,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Item content (docs/models.md): a RecBole .item file or S3Rec item2attributes.json ...
   c.data.item_features_path = ""
   c.data.item_fields = ""          # .item columns to use, comma separated ("": all token fields)
-  c.data.text_embeddings_path = "" # ... and/or a [items, E] .npy (rows named by a .ids.txt beside it)
+  c.data.item_max_tokens = 32      # tokens kept per item and field
+  c.data.item_token_min_count = 1  # rarer tokens become unknown
+  c.data.text_embeddings_path = "" # ... and/or a [items, E] .npy whose rows are named by ...
+  c.data.text_embeddings_ids_path = ""  # ... this file ("": the .npy path with .ids.txt)
   # Click and rating tasks.
   c.data.click_threshold = 4.0     # rating >= this is a click (ctr)
   c.data.negatives_per_positive = 1  # sampled non-interactions per event (ctr)
@@ -53,6 +56,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.model.attention_impl = "auto"
   c.model.dtype = "float32"
   c.model.item_representation = "id"  # "content" or "both" need data.item_features_path/text_embeddings_path
+  c.model.item_id_dropout = 0.0    # "both": treat trained items as cold at this rate (DropoutNet)
   c.model.output_bias = True       # bert4rec: per-item output bias
   c.model.num_position_buckets = 0  # hstu: 0 = one relative-position bucket per distance
   c.model.num_time_buckets = 128   # hstu: log-spaced time-difference buckets (0: no time bias)
@@ -83,6 +87,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.num_negatives = config_dict.placeholder(int)  # None: the loss's default
   c.train.negative_sampler = "uniform"  # sampled_softmax: or "in_batch"
   c.train.logq_correction = True
+  c.train.negatives = "all"        # "trained": softmax over items with training events only (cold start)
   c.train.gbce_t = 0.75
   c.train.mask_prob = 0.2          # bert4rec cloze masking
   c.train.last_item_prob = 0.0     # bert4rec: share of examples that mask only the last item

@@ -285,3 +285,19 @@ def test_config_errors_name_the_field():
     losses.next_item_loss_fn("bce", num_negatives=0)
   with pytest.raises(ValueError, match="train.gbce_t"):
     losses.next_item_loss_fn("gbce", gbce_t=-0.1)
+
+
+def test_softmax_item_mask_restricts_the_catalogue_and_other_losses_refuse_it():
+  rng = np.random.default_rng(7)
+  hidden = rng.normal(size=(3, 4, 5)).astype(np.float32)
+  table = rng.normal(size=(9, 5)).astype(np.float32)
+  targets = np.array([[1, 2, 0, 4], [4, 4, 1, 2], [0, 0, 2, 1]], np.int32)
+  mask = np.array([False, True, True, False, True, False, False, True, False])
+  loss, _ = losses.next_item_loss_fn("softmax")(hidden, table, targets, jax.random.key(0), mask)
+  logits = hidden.astype(np.float64) @ table.T.astype(np.float64)
+  logits = np.where(mask, logits, -np.inf)
+  ce = np.log(np.exp(logits).sum(-1)) - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+  expected = ce[targets > 0].mean()
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="train.negatives"):
+    losses.next_item_loss_fn("bce")(hidden, table, targets, jax.random.key(0), mask)

@@ -42,6 +42,7 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_items: int, max_
       dtype=_DTYPES[model_config.dtype],
       item_features=item_features,
       item_representation=model_config.get("item_representation", "id"),
+      item_id_dropout=model_config.get("item_id_dropout", 0.0),
   )
   # Fields only some encoders read; defaults apply to configs that predate them.
   get = model_config.get

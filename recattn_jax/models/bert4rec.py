@@ -53,6 +53,7 @@ class BERT4Rec(nn.Module):
   # What an item's vector is made of ("id", "content", "both"; see ItemEncoder).
   item_features: ItemFeatures | None = None
   item_representation: str = "id"
+  item_id_dropout: float = 0.0
 
   @property
   def mask_id(self) -> int:
@@ -61,7 +62,8 @@ class BERT4Rec(nn.Module):
 
   def setup(self):
     self.item_embed = ItemEncoder(self.num_items, self.embed_dim, item_features=self.item_features,
-                                  representation=self.item_representation, name="item_embed")
+                                  representation=self.item_representation,
+                                  id_dropout=self.item_id_dropout, name="item_embed")
     self.mask_embed = self.param("mask_embed", nn.initializers.normal(stddev=0.02),
                                  (self.embed_dim,))
     self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
@@ -102,9 +104,12 @@ class BERT4Rec(nn.Module):
     x = self.final_norm(x)
     return self.output_norm(nn.gelu(self.output_dense(x)))
 
-  def item_embeddings(self) -> jax.Array:
-    """[num_items + 1, D]; row 0 is padding and is never a valid prediction."""
-    return self.item_embed.table()
+  def item_embeddings(self, deterministic: bool = True) -> jax.Array:
+    """[num_items + 1, D]; row 0 is padding and is never a valid prediction.
+
+    With `deterministic=False` the item encoder's id dropout (if any) applies.
+    """
+    return self.item_embed.table(deterministic=deterministic)
 
   def item_bias(self) -> jax.Array:
     """[num_items + 1] float32 output bias (zeros when `output_bias` is off)."""

@@ -148,10 +148,12 @@ class HSTU(nn.Module):
   # What an item's vector is made of ("id", "content", "both"; see ItemEncoder).
   item_features: ItemFeatures | None = None
   item_representation: str = "id"
+  item_id_dropout: float = 0.0
 
   def setup(self):
     self.item_embed = ItemEncoder(self.num_items, self.embed_dim, item_features=self.item_features,
-                                  representation=self.item_representation, name="item_embed")
+                                  representation=self.item_representation,
+                                  id_dropout=self.item_id_dropout, name="item_embed")
     self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
                               embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")
     self.input_dropout = Dropout(self.dropout_rate)
@@ -201,6 +203,9 @@ class HSTU(nn.Module):
     raise ValueError(f"model.attention_norm must be 'max_len', 'causal' or 'sequence', "
                      f"got {self.attention_norm!r}")
 
-  def item_embeddings(self) -> jax.Array:
-    """[num_items + 1, D]; row 0 is padding and is never a valid prediction."""
-    return self.item_embed.table()
+  def item_embeddings(self, deterministic: bool = True) -> jax.Array:
+    """[num_items + 1, D]; row 0 is padding and is never a valid prediction.
+
+    With `deterministic=False` the item encoder's id dropout (if any) applies.
+    """
+    return self.item_embed.table(deterministic=deterministic)

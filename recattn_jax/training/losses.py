@@ -101,9 +101,11 @@ def uniform_negatives_excluding(key: jax.Array, targets: jax.Array, num_items: i
 
 
 def softmax_cross_entropy(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
-                          weight: jax.Array) -> jax.Array:
-  """Full-softmax cross-entropy over items 1..N."""
+                          weight: jax.Array, item_mask: jax.Array | None = None) -> jax.Array:
+  """Full-softmax cross-entropy over items 1..N, or over the items where `item_mask` [N + 1] is True."""
   logits = _scores(hidden, item_table, "...d,nd->...n").at[..., 0].set(_MASKED)
+  if item_mask is not None:
+    logits = jnp.where(item_mask, logits, _MASKED)
   positive = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return weighted_mean(jax.nn.logsumexp(logits, axis=-1) - positive, weight)
 
@@ -212,10 +214,11 @@ def gbce_loss(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
 def next_item_loss_fn(name: str = "softmax", *, num_negatives: int | None = None,
                       negative_sampler: str = "uniform", logq_correction: bool = True,
                       gbce_t: float = 0.75) -> LossFn:
-  """(hidden [B, L, D], item_table [N + 1, D], targets [B, L], key) -> (loss, metrics).
+  """(hidden [B, L, D], item_table [N + 1, D], targets [B, L], key, item_mask=None) -> (loss, metrics).
 
   Targets of 0 are padding and weigh nothing. `key` seeds the negatives (unused
-  by "softmax" and in-batch "sampled_softmax").
+  by "softmax" and in-batch "sampled_softmax"). `item_mask` [N + 1] (softmax
+  only) restricts the softmax to some items, e.g. those with training events.
 
   Args:
     name: `train.loss`, one of LOSSES.
@@ -234,11 +237,13 @@ def next_item_loss_fn(name: str = "softmax", *, num_negatives: int | None = None
   if name == "gbce" and not 0.0 <= gbce_t <= 1.0:
     raise ValueError(f"train.gbce_t must lie in [0, 1], got {gbce_t}")
 
-  def loss_fn(hidden, item_table, targets, key):
+  def loss_fn(hidden, item_table, targets, key, item_mask=None):
     num_items = item_table.shape[0] - 1
     weight = (targets > 0).astype(jnp.float32)
+    if item_mask is not None and name != "softmax":
+      raise ValueError(f"train.negatives='trained' needs train.loss='softmax', got {name!r}")
     if name == "softmax":
-      loss = softmax_cross_entropy(hidden, item_table, targets, weight)
+      loss = softmax_cross_entropy(hidden, item_table, targets, weight, item_mask)
     elif name == "sampled_softmax" and negative_sampler == "in_batch":
       loss = in_batch_softmax(hidden, item_table, targets, weight,
                               logq_correction=logq_correction)

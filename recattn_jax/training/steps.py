@@ -100,26 +100,34 @@ def encode(model: nn.Module, params, batch: dict, **kwargs) -> jax.Array:
   return model.apply(params, batch["inputs"], batch.get("segment_ids"), **kwargs)
 
 
-def scoring_inputs(model: nn.Module, params, hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(hidden, table) whose dot products are the model's item scores (BERT4Rec's bias folded in)."""
-  table = model.apply(params, method="item_embeddings")
+def scoring_inputs(model: nn.Module, params, hidden: jax.Array, **kwargs) -> tuple[jax.Array, jax.Array]:
+  """(hidden, table) whose dot products are the model's item scores (BERT4Rec's bias folded in).
+
+  `kwargs` (deterministic=False, rngs=...) reach `item_embeddings`, for item id dropout.
+  """
+  table = model.apply(params, method="item_embeddings", **kwargs)
   if hasattr(model, "item_bias"):
     return fold_item_bias(hidden, table, model.apply(params, method="item_bias"))
   return hidden, table
 
 
-def next_item_loss(model: nn.Module, params, batch, dropout_key, loss_fn: LossFn | None = None
-                   ) -> tuple[jax.Array, dict]:
-  """`loss_fn` (default: full-softmax CE) at every position with a target (next item or cloze)."""
+def next_item_loss(model: nn.Module, params, batch, dropout_key, loss_fn: LossFn | None = None,
+                   item_mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """`loss_fn` (default: full-softmax CE) at every position with a target (next item or cloze).
+
+  `item_mask` [N + 1]: the items the softmax ranges over (None: all).
+  """
   loss_fn = loss_fn or next_item_loss_fn("softmax")
-  dropout_key, sample_key = jax.random.split(dropout_key)
+  dropout_key, table_key, sample_key = jax.random.split(dropout_key, 3)
   hidden = encode(model, params, batch, deterministic=False, rngs={"dropout": dropout_key})
-  hidden, table = scoring_inputs(model, params, hidden)
-  return loss_fn(hidden, table, batch["targets"], sample_key)
+  hidden, table = scoring_inputs(model, params, hidden, deterministic=False,
+                                 rngs={"dropout": table_key})
+  return loss_fn(hidden, table, batch["targets"], sample_key, item_mask)
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    state: TrainState, loss_fn: LossFn | None = None
+                    state: TrainState, loss_fn: LossFn | None = None,
+                    item_mask: np.ndarray | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
@@ -132,7 +140,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, m
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     dropout_key = jax.random.fold_in(state.dropout_key, state.step)
     grads, metrics = jax.grad(
-        lambda p: next_item_loss(model, p, batch, dropout_key, loss_fn), has_aux=True)(state.params)
+        lambda p: next_item_loss(model, p, batch, dropout_key, loss_fn, item_mask),
+        has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)

@@ -109,6 +109,12 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
       logq_correction=config.train.get("logq_correction", True),
       gbce_t=config.train.get("gbce_t", 0.75))
   rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
+  popularity = item_popularity(split.train, split.num_items)
+  negatives = config.train.get("negatives", "all")
+  if negatives not in ("all", "trained"):
+    raise ValueError(f"train.negatives must be 'all' or 'trained', got {negatives!r}")
+  # Items that arrive after training could not have been negatives during it.
+  item_mask = popularity > 0 if negatives == "trained" else None
 
   def batches_of(eval_set):
     return eval_batches(eval_set.histories, eval_set.targets, max_len=max_len,
@@ -126,8 +132,6 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
     return {PROTOCOLS[flag]: metrics_from_ranks(np.concatenate(r), tuple(config.eval.ks))
             for flag, r in ranks.items()}
 
-  popularity = item_popularity(split.train, split.num_items)
-
   def report(params) -> dict:
     """Beyond-accuracy metrics of the test top-K lists, and the popularity baseline."""
     k = max(config.eval.ks)
@@ -142,7 +146,7 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
             "popularity_baseline": popularity_baseline(split.test, popularity, config)}
 
   return Job(state=state, data_iter=data_iter,
-             make_train_step=lambda s: make_train_step(model, optimizer, mesh, s, loss_fn),
+             make_train_step=lambda s: make_train_step(model, optimizer, mesh, s, loss_fn, item_mask),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
              primary=PROTOCOLS[config.eval.exclude_seen], stats=split.stats, report=report)
 
