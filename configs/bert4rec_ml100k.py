@@ -1,0 +1,13 @@
+"""BERT4Rec on MovieLens-100K, leave-one-out.
+
+  python -m recattn_jax.train --config configs/bert4rec_ml100k.py --workdir runs/bert4rec_ml100k
+"""
+
+from recattn_jax.config import get_default_config
+
+
+def get_config():
+  config = get_default_config()
+  config.model.name = "bert4rec"
+  config.train.mask_prob = 0.2  # cloze: share of events masked (RecBole's default)
+  return config
