@@ -13,13 +13,13 @@ leaks the user's later taste, but never the item).
 
   .venv/bin/python benchmarks/cold_start.py [--epochs 10] [--negatives trained|all]
 
-Training is `steps.next_item_loss` (full softmax over the catalogue) with two
-changes. By default the held-out items are left out of the training softmax
-(`--negatives trained`): items that arrive after training cannot have been
-negatives; with `--negatives all` every step pushes them down, for every
-representation. And the catalogue table is drawn in training mode, so that the
-"both+id_dropout" variant drops id rows on the output side, where ranking
-happens (the library's step draws it deterministically).
+Training is the library's `steps.make_train_step` (full-softmax CE). By
+default the held-out items are left out of the training softmax
+(`--negatives trained`, the library's `train.negatives="trained"`): items that
+arrive after training cannot have been negatives; with `--negatives all` every
+step pushes them down, for every representation. The catalogue table is drawn
+in training mode, so the "both+id_dropout" variant (`model.item_id_dropout`)
+drops id rows on the output side, where ranking happens.
 """
 
 from __future__ import annotations
@@ -31,10 +31,7 @@ import pathlib
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -44,8 +41,8 @@ from recattn_jax.data.features import from_recbole_item  # noqa: E402
 from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset  # noqa: E402
 from recattn_jax.evaluation import metrics_from_ranks  # noqa: E402
 from recattn_jax.models import SASRec  # noqa: E402
-from recattn_jax.training.steps import (catalogue_logits, init_state, make_mesh,  # noqa: E402
-                                        make_optimizer, make_rank_step, shard_batch)
+from recattn_jax.training.steps import (init_state, make_mesh, make_optimizer,  # noqa: E402
+                                        make_rank_step, make_train_step, shard_batch)
 
 # Variant name -> (item representation, id dropout).
 VARIANTS = {"id": ("id", 0.0), "content": ("content", 0.0), "both": ("both", 0.0),
@@ -82,35 +79,6 @@ def cold_split(seed: int, cold_fraction: float, max_cold_events: int):
   return data, train, sets, stats
 
 
-def make_step(model, optimizer, allowed: np.ndarray | None):
-  """`steps.make_train_step` on one device, with the softmax over `allowed` items (None: all)."""
-  allowed = None if allowed is None else jnp.asarray(allowed)
-
-  def loss_fn(params, batch, key):
-    hidden_key, table_key = jax.random.split(key)
-    hidden = model.apply(params, batch["inputs"], batch.get("segment_ids"), deterministic=False,
-                         rngs={"dropout": hidden_key})
-    table = model.apply(params, method=lambda m: m.item_embed.table(deterministic=False),
-                        rngs={"dropout": table_key})
-    logits = catalogue_logits(hidden, table)
-    if allowed is not None:
-      logits = jnp.where(allowed, logits, -1e30)
-    weight = (batch["targets"] > 0).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    loss = jnp.sum(ce * weight) / jnp.maximum(weight.sum(), 1.0)
-    return loss, {"loss": loss}
-
-  @jax.jit
-  def step(state, batch):
-    key = jax.random.fold_in(state.dropout_key, state.step)
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, key)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state), metrics
-
-  return step
-
-
 def run(variant: str, *, data, train, sets, features, args) -> dict:
   representation, id_dropout = VARIANTS[variant]
   config = get_default_config()
@@ -127,7 +95,8 @@ def run(variant: str, *, data, train, sets, features, args) -> dict:
   total = args.epochs * steps_per_epoch
   optimizer = make_optimizer(config.train, total)
   state = init_state(model, optimizer, seed=args.seed, max_len=args.max_len, mesh=mesh)
-  train_step = make_step(model, optimizer, features.trained if args.negatives == "trained" else None)
+  train_step = make_train_step(model, optimizer, mesh, state,
+                               item_mask=features.trained if args.negatives == "trained" else None)
   batches = iter(train_dataset(train, max_len=args.max_len, batch_size=args.batch_size,
                                seed=args.seed, pack=True, all_windows=True, prefetch=2))
   start = time.time()

@@ -16,6 +16,9 @@ from recattn_jax.data.download import fetch_movielens
 from recattn_jax.data.download import ml100k_from_recbole_wheel
 from recattn_jax.data.download import MOVIELENS
 from recattn_jax.data.download import resolve_ml100k
+from recattn_jax.data.ctr import build_pointwise_data
+from recattn_jax.data.features import ItemFeatures
+from recattn_jax.data.features import load_item_features
 from recattn_jax.data.preprocess import build_sequences
 from recattn_jax.data.preprocess import dedupe
 from recattn_jax.data.preprocess import EvalSet
@@ -31,6 +34,7 @@ from recattn_jax.data.readers import FORMATS
 from recattn_jax.data.readers import INTERACTION_COLUMNS
 from recattn_jax.data.readers import read_interactions
 from recattn_jax.data.readers import read_item_attributes_json
+from recattn_jax.data.readers import read_lastfm
 from recattn_jax.data.readers import read_movielens
 from recattn_jax.data.readers import read_parquet
 from recattn_jax.data.readers import read_recbole_atomic
@@ -39,6 +43,7 @@ from recattn_jax.data.readers import read_sequence_file
 from recattn_jax.data.readers import read_table
 
 __all__ = [
+    "build_pointwise_data",
     "build_sequences",
     "DataFormatError",
     "dedupe",
@@ -49,12 +54,15 @@ __all__ = [
     "fetch_movielens",
     "FORMATS",
     "INTERACTION_COLUMNS",
+    "ItemFeatures",
     "kcore_filter",
     "leave_one_out",
+    "load_item_features",
     "ml100k_from_recbole_wheel",
     "MOVIELENS",
     "read_interactions",
     "read_item_attributes_json",
+    "read_lastfm",
     "read_movielens",
     "read_parquet",
     "read_recbole_atomic",

@@ -11,11 +11,15 @@ import ml_collections
 
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.models.bert4rec import BERT4Rec, fold_item_bias
+from recattn_jax.models.heads import LinearHead, MLPHead, ResidualMLPHead, build_head
 from recattn_jax.models.hstu import HSTU
+from recattn_jax.models.item_encoder import ItemEncoder
+from recattn_jax.models.matchers import TargetAttention, dot_product_scores
 from recattn_jax.models.sasrec import SASRec, last_hidden, positions_in_sequence
 
-__all__ = ["BERT4Rec", "HSTU", "MODELS", "SASRec", "build_model", "fold_item_bias",
-           "last_hidden", "positions_in_sequence"]
+__all__ = ["BERT4Rec", "HSTU", "ItemEncoder", "LinearHead", "MLPHead", "MODELS", "ResidualMLPHead",
+           "SASRec", "TargetAttention", "build_head", "build_model", "dot_product_scores",
+           "fold_item_bias", "last_hidden", "positions_in_sequence"]
 
 MODELS = ("sasrec", "bert4rec", "hstu")
 
