@@ -27,12 +27,14 @@ import ml_collections
 import numpy as np
 
 from recattn_jax.data import preprocess, readers
-from recattn_jax.data.loading import interactions_path, load_split
+from recattn_jax.data.loading import interactions_path, load_split, load_split_features
+from recattn_jax.data.cloze import append_mask
 from recattn_jax.data.pipeline import pad_to
 from recattn_jax.evaluation.ranking import target_ranks
 from recattn_jax.evaluation.topk import top_k_items
 from recattn_jax.models import build_model, last_hidden
 from recattn_jax.models.transformer import capture_attention_weights
+from recattn_jax.training.steps import scoring_inputs
 
 
 @dataclasses.dataclass
@@ -81,8 +83,7 @@ def _explain(model, params, inputs, exclude, asked, *, top_k):
   weights = jnp.stack(layers, axis=1)  # [B, layers, H, Lq, Lk]
   query = jnp.max(jnp.where(inputs > 0, jnp.arange(inputs.shape[1]), -1), axis=1)
   weights = jnp.take_along_axis(weights, query[:, None, None, None, None], axis=3)[:, :, :, 0]
-  users = last_hidden(hidden, inputs)
-  table = model.apply(params, method="item_embeddings")
+  users, table = scoring_inputs(model, params, last_hidden(hidden, inputs))
   scores, ids = top_k_items(users, table, top_k, exclude)
   asked_scores = jnp.einsum("bd,bd->b", users.astype(jnp.float32), table[asked].astype(jnp.float32))
   return weights, scores, ids, asked_scores, target_ranks(users, table, asked, exclude)
@@ -114,7 +115,10 @@ def attention_over_history(model, params, history, item=None, *, top_k: int = 10
     raise ValueError("every history needs at least one event")
   items_asked = (list(item) if batched else [item]) if item is not None else [None] * len(histories)
   length = max_len or model.max_len
-  inputs = jnp.asarray(np.stack([pad_to(h, length, padding) for h in histories]))
+  mask_id = getattr(model, "mask_id", None)  # cloze encoders recommend from a mask token
+  inputs = jnp.asarray(np.stack([
+      pad_to(h if mask_id is None else append_mask(h, length, mask_id), length, padding)
+      for h in histories]))
 
   width = max(len(h) for h in histories)
   exclude = np.zeros((len(histories), width), np.int32)
@@ -124,7 +128,7 @@ def attention_over_history(model, params, history, item=None, *, top_k: int = 10
   exclude = jnp.asarray(exclude) if exclude_seen else None
   outputs = _explain(model, params, inputs, exclude, jnp.asarray(asked), top_k=top_k)
   weights, scores, ids, asked_scores, asked_ranks = (np.asarray(a) for a in outputs)
-  valid = np.asarray(inputs) > 0
+  valid = (np.asarray(inputs) > 0) & (np.asarray(inputs) != mask_id)
   out = []
   for row in range(len(histories)):
     ask = items_asked[row]
@@ -223,7 +227,8 @@ def load_run(workdir: str | pathlib.Path):
   workdir = pathlib.Path(workdir)
   config = _load_config(workdir)
   data = load_split(config.data)
-  model = build_model(config.model, num_items=data.num_items, max_len=config.data.max_len)
+  model = build_model(config.model, num_items=data.num_items, max_len=config.data.max_len,
+                      item_features=load_split_features(config.data, data))
   params_like = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, config.data.max_len), jnp.int32))
   checkpoints = Checkpoints(workdir)
   try:

@@ -70,3 +70,17 @@ def test_unknown_task_is_named(sequences, tmp_path):
   config.task = "clicks"
   with pytest.raises(ValueError, match="task must be one of"):
     train_and_evaluate(config, tmp_path)
+
+
+def test_config_mistakes_fail_before_training(sequences, ratings, tmp_path):
+  config = _pointwise_config(ratings, "ctr")
+  config.train.early_stopping_metric = "NDCG@10"
+  with pytest.raises(ValueError, match="early_stopping_metric='NDCG@10' is not a metric of task='ctr'"):
+    train_and_evaluate(config, tmp_path)
+  config = tiny_config(sequences, loss="bce", negatives="trained")
+  with pytest.raises(ValueError, match="train.negatives='trained' needs train.loss='softmax'"):
+    train_and_evaluate(config, tmp_path)
+  config = _pointwise_config(ratings, "rating")
+  config.data.split = "time"
+  with pytest.raises(ValueError, match="data.split is not supported by task='rating'"):
+    train_and_evaluate(config, tmp_path)

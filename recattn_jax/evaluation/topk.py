@@ -75,26 +75,34 @@ def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
 
 def recommend(model, params, histories: Sequence[np.ndarray], *, k: int, max_len: int,
               batch_size: int = 256, padding: str = "left", exclude_seen: bool = True,
-              item_chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-  """Top-K lists ([U, K] ids, [U, K] scores) for every history, with a SASRec-style encoder.
+              item_chunk: int = 4096, timestamps: Sequence[np.ndarray] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """Top-K lists ([U, K] ids, [U, K] scores) for every history, scored as in evaluation.
 
-  The user vector is the hidden state at the newest event (`last_hidden`), as
-  in training's ranking step; `exclude_seen` drops each user's whole history.
+  The user vector is the encoder's output at the newest input: the newest event,
+  or for cloze-trained encoders (BERT4Rec) a mask token appended after it, with
+  the model's output bias. `timestamps` (per history) feed HSTU's time bias.
+  `exclude_seen` drops each user's whole history.
   """
+  # steps imports this module, so its helpers are imported here.
+  from recattn_jax.training.steps import encode, scoring_inputs  # pylint: disable=g-import-not-at-top
+
   @jax.jit
-  def step(params, inputs, exclude):
-    users = last_hidden(model.apply(params, inputs, deterministic=True), inputs)
-    table = model.apply(params, method="item_embeddings")
-    scores, ids = top_k_items(users, table, k, exclude if exclude_seen else None,
+  def step(params, batch):
+    users, table = scoring_inputs(model, params, last_hidden(encode(model, params, batch),
+                                                             batch["inputs"]))
+    scores, ids = top_k_items(users, table, k, batch["exclude"] if exclude_seen else None,
                               item_chunk=item_chunk)
     return ids, scores
 
   ids, scores = [], []
   targets = np.ones(len(histories), np.int32)  # eval_batches wants targets; unused here
   for batch in eval_batches(histories, targets, max_len=max_len, batch_size=batch_size,
-                            padding=padding):
+                            padding=padding, append_mask_id=getattr(model, "mask_id", None),
+                            timestamps=timestamps):
     rows = int(batch["weight"].sum())
-    batch_ids, batch_scores = step(params, batch["inputs"], batch["exclude"])
+    inputs = {key: batch[key] for key in ("inputs", "exclude", "timestamps") if key in batch}
+    batch_ids, batch_scores = step(params, inputs)
     ids.append(np.asarray(batch_ids)[:rows])
     scores.append(np.asarray(batch_scores)[:rows])
   if not ids:

@@ -60,13 +60,29 @@ def higher_is_better(metric: str) -> bool:
   return metric not in LOWER_IS_BETTER
 
 
+POINTWISE_METRICS = {"ctr": ("AUC", "GAUC", "LogLoss"), "rating": ("RMSE", "MAE")}
+
+
+def _check_early_stopping_metric(config: ml_collections.ConfigDict, task: str) -> None:
+  """Fails before training, not at the first evaluation, on a metric the task never reports."""
+  metric = config.train.early_stopping_metric
+  if task == "ranking":
+    known = tuple(f"{name}@{k}" for name in ("HR", "NDCG", "MRR") for k in config.eval.ks)
+  else:
+    known = POINTWISE_METRICS.get(task, ())
+  if metric not in known:
+    raise ValueError(f"train.early_stopping_metric={metric!r} is not a metric of task={task!r}; "
+                     f"choose one of {list(known)}")
+
+
 def build_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
   task = config.get("task", "ranking")
+  if task not in TASKS:
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+  _check_early_stopping_metric(config, task)
   if task == "ranking":
     return ranking_job(config, mesh)
-  if task in ("ctr", "rating"):
-    return pointwise_job(config, mesh, task)
-  raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+  return pointwise_job(config, mesh, task)
 
 
 # ----------------------------------------------------------------------------
@@ -113,6 +129,8 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
   negatives = config.train.get("negatives", "all")
   if negatives not in ("all", "trained"):
     raise ValueError(f"train.negatives must be 'all' or 'trained', got {negatives!r}")
+  if negatives == "trained" and config.train.get("loss", "softmax") != "softmax":
+    raise ValueError("train.negatives='trained' needs train.loss='softmax'")
   # Items that arrive after training could not have been negatives during it.
   item_mask = popularity > 0 if negatives == "trained" else None
 
@@ -193,6 +211,14 @@ def _pointwise_batches(arrays: dict, *, batch_size: int, seed: int) -> grain.Map
 
 def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> Job:
   data_config = config.data
+  # The click/rating examples are built from every rated event, split in time per user.
+  unsupported = {"data.split": data_config.split != "leave_one_out",
+                 "data.min_rating": data_config.min_rating is not None,
+                 "data.dedupe": bool(data_config.dedupe),
+                 "data.user_k": bool(data_config.user_k), "data.item_k": bool(data_config.item_k)}
+  for field, used in unsupported.items():
+    if used:
+      raise ValueError(f"{field} is not supported by task={task!r} (leave it at its default)")
   path = interactions_path(data_config)
   frame = readers.read_interactions(path, fmt=data_config.format)
   data = build_pointwise_data(
@@ -203,8 +229,8 @@ def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> J
   data.stats["source"] = str(path)
   item_features = None
   if data_config.get("item_features_path") or data_config.get("text_embeddings_path"):
-    train_items = [data.train.items[data.train.labels > 0]] if task == "ctr" else [data.train.items]
-    item_features = load_item_features(data_config, data.item_ids, train=train_items)
+    # Any item in a training example (clicked, not clicked or sampled) gets its id row trained.
+    item_features = load_item_features(data_config, data.item_ids, train=[data.train.items])
   model = build_pointwise_model(config.model, task=task, num_items=data.num_items,
                                 num_users=data.num_users, max_len=data_config.max_len,
                                 global_mean=float(data.stats.get("train_label_mean", 0.0)),
