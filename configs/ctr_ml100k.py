@@ -9,27 +9,12 @@ their genres, title words and release year (`ml-100k.item`).
 Reported: AUC, GAUC, LogLoss, and the same for the item click-rate baseline.
 """
 
-from recattn_jax.config import SHARED_DATA, get_default_config
+from recattn_jax.config import get_ml100k_pointwise_config
 
 
 def get_config():
-  config = get_default_config()
-  config.task = "ctr"
-  config.data.max_len = 50
+  config = get_ml100k_pointwise_config("ctr")
   config.data.click_threshold = 4.0
   config.data.negatives_per_positive = 1
-  config.data.item_features_path = str(SHARED_DATA / "ml-100k" / "ml-100k.item")
-  config.model.name = "din"
-  config.model.item_representation = "both"
-  config.model.num_heads = 2
-  config.model.dropout = 0.1
   config.model.head = "mlp"
-  config.train.batch_size = 256
-  config.train.learning_rate = 1e-3
-  config.train.weight_decay = 0.0
-  config.train.num_epochs = 20
-  config.train.eval_every_epochs = 1
-  config.train.patience = 3
-  config.train.early_stopping_metric = "AUC"
-  config.eval.batch_size = 1024
   return config

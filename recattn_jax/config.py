@@ -120,3 +120,23 @@ def get_amazon_config(folder: str, file_name: str) -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.0       # decay would shrink rarely-seen items at every step
   c.train.num_epochs = 40
   return c
+
+
+def get_ml100k_pointwise_config(task: str) -> ml_collections.ConfigDict:
+  """DIN target attention over the last 50 events, items from id + `ml-100k.item` content."""
+  c = get_default_config()
+  c.task = task
+  c.data.max_len = 50
+  c.data.item_features_path = str(SHARED_DATA / "ml-100k" / "ml-100k.item")
+  c.model.name = "din"
+  c.model.item_representation = "both"
+  c.model.num_heads = 2
+  c.model.dropout = 0.1
+  c.train.batch_size = 256
+  c.train.weight_decay = 0.0
+  c.train.num_epochs = 20
+  c.train.eval_every_epochs = 1
+  c.train.patience = 3
+  c.train.early_stopping_metric = "AUC" if task == "ctr" else "RMSE"
+  c.eval.batch_size = 1024
+  return c
