@@ -40,6 +40,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.data.item_token_min_count = 1  # rarer tokens become unknown
   c.data.text_embeddings_path = "" # ... and/or a [items, E] .npy whose rows are named by ...
   c.data.text_embeddings_ids_path = ""  # ... this file ("": the .npy path with .ids.txt)
+  # A user context (ranking encoders): what each user's friends interacted with in training.
+  c.data.user_friends_path = ""    # headed userID/friendID table, e.g. Last.fm's user_friends.dat
+  c.data.friend_items = 50         # most shared friend items kept per user
   # Click and rating tasks.
   c.data.click_threshold = 4.0     # rating >= this is a click (ctr)
   c.data.negatives_per_positive = 1  # sampled non-interactions per event (ctr)
@@ -119,6 +122,23 @@ def get_amazon_config(folder: str, file_name: str) -> ml_collections.ConfigDict:
   c.train.batch_size = 16          # packed rows of ~6 users each
   c.train.weight_decay = 0.0       # decay would shrink rarely-seen items at every step
   c.train.num_epochs = 40
+  return c
+
+
+def get_lastfm_config(friends: bool = False) -> ml_collections.ConfigDict:
+  """SASRec+ on Last.fm HetRec 2011; `friends` adds the friend graph as a user context."""
+  c = get_default_config()
+  c.data.name = "lastfm-hetrec2k"
+  c.data.path = str(SHARED_DATA / "lastfm-hetrec2k")
+  c.data.format = "lastfm"
+  c.data.max_len = 50
+  if friends:
+    c.data.user_friends_path = str(SHARED_DATA / "lastfm-hetrec2k" / "user_friends.dat")
+    c.data.friend_items = 50
+  c.model.dropout = 0.5
+  c.train.batch_size = 32
+  c.train.weight_decay = 0.0
+  c.train.num_epochs = 60
   return c
 
 

@@ -27,12 +27,13 @@ import ml_collections
 import numpy as np
 
 from recattn_jax.data import preprocess, readers
-from recattn_jax.data.loading import interactions_path, load_split, load_split_features
+from recattn_jax.data.loading import (interactions_path, load_split, load_split_features,
+                                      load_user_profiles)
 from recattn_jax.data.cloze import append_mask
 from recattn_jax.data.pipeline import pad_to
 from recattn_jax.evaluation.ranking import target_ranks
 from recattn_jax.evaluation.topk import top_k_items
-from recattn_jax.models import build_model, last_hidden
+from recattn_jax.models import build_model, init_encoder, last_hidden
 from recattn_jax.models.transformer import capture_attention_weights
 from recattn_jax.training.steps import scoring_inputs
 
@@ -72,10 +73,11 @@ def attention_weights_by_layer(intermediates: dict) -> list[jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "top_k"))
-def _explain(model, params, inputs, exclude, asked, *, top_k):
+def _explain(model, params, inputs, exclude, asked, users, *, top_k):
   """Weights [B, layers, H, L] at each row's newest event, top-K and the asked items' scores and ranks."""
   with capture_attention_weights():
-    hidden, state = model.apply(params, inputs, deterministic=True, mutable=["intermediates"])
+    hidden, state = model.apply(params, inputs, deterministic=True, users=users,
+                                mutable=["intermediates"])
   layers = attention_weights_by_layer(state["intermediates"])
   if not layers:
     raise ValueError(f"{type(model).__name__} sowed no attention weights: it does not use "
@@ -91,7 +93,7 @@ def _explain(model, params, inputs, exclude, asked, *, top_k):
 
 def attention_over_history(model, params, history, item=None, *, top_k: int = 10,
                            exclude_seen: bool = True, padding: str = "left",
-                           max_len: int | None = None):
+                           max_len: int | None = None, user=None):
   """Attention over the history at the recommending position, with the top-K list.
 
   Args:
@@ -106,6 +108,8 @@ def attention_over_history(model, params, history, item=None, *, top_k: int = 10
       history; `item` itself stays rankable, as in evaluation.
     padding: "left" or "right", as the model was trained.
     max_len: input length (default `model.max_len`); only the newest events fit.
+    user: the user's index (or one per history), needed by models with a user
+      context (`data.user_friends_path`).
   Returns:
     An `Explanation`, or a list of them for a list of histories.
   """
@@ -126,7 +130,11 @@ def attention_over_history(model, params, history, item=None, *, top_k: int = 10
     exclude[row, :len(h)] = h
   asked = np.asarray([1 if i is None else int(i) for i in items_asked], np.int32)
   exclude = jnp.asarray(exclude) if exclude_seen else None
-  outputs = _explain(model, params, inputs, exclude, jnp.asarray(asked), top_k=top_k)
+  users = None
+  if user is not None:
+    per_row = np.asarray(list(user) if batched else [user], np.int32)
+    users = jnp.asarray(np.repeat(per_row[:, None] + 1, length, axis=1))
+  outputs = _explain(model, params, inputs, exclude, jnp.asarray(asked), users, top_k=top_k)
   weights, scores, ids, asked_scores, asked_ranks = (np.asarray(a) for a in outputs)
   valid = (np.asarray(inputs) > 0) & (np.asarray(inputs) != mask_id)
   out = []
@@ -228,8 +236,10 @@ def load_run(workdir: str | pathlib.Path):
   config = _load_config(workdir)
   data = load_split(config.data)
   model = build_model(config.model, num_items=data.num_items, max_len=config.data.max_len,
-                      item_features=load_split_features(config.data, data))
-  params_like = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, config.data.max_len), jnp.int32))
+                      item_features=load_split_features(config.data, data),
+                      user_profiles=load_user_profiles(config.data, data))
+  params_like = jax.jit(functools.partial(init_encoder, model, max_len=config.data.max_len))(
+      jax.random.key(0))
   checkpoints = Checkpoints(workdir)
   try:
     params = checkpoints.restore_best(params_like)
@@ -257,7 +267,7 @@ def explain_user(workdir: str | pathlib.Path, user_index: int, *, split: str = "
   explanation = attention_over_history(
       model, params, eval_set.histories[row], int(eval_set.targets[row]), top_k=top_k,
       exclude_seen=config.eval.exclude_seen, padding=config.data.padding,
-      max_len=config.data.max_len)
+      max_len=config.data.max_len, user=user_index if model.user_profiles is not None else None)
   sequences, source = _sequence_data(config.data)
   info = {"user_id": str(sequences.user_ids[user_index]), "target": int(eval_set.targets[row]),
           "split": split, "config": config}

@@ -136,3 +136,54 @@ def test_recommend_lists_match_the_explanations(sasrec):
   for row, e in enumerate(attention_over_history(model, params, histories, top_k=4)):
     np.testing.assert_array_equal(ids[row], e.items)
     np.testing.assert_allclose(scores[row], e.scores, rtol=1e-5)
+
+
+def _bert4rec_and_context_models():
+  from recattn_jax.config import get_default_config  # pylint: disable=g-import-not-at-top
+  from recattn_jax.data.social import UserProfiles  # pylint: disable=g-import-not-at-top
+  from recattn_jax.models import build_model, init_encoder  # pylint: disable=g-import-not-at-top
+  profiles = UserProfiles(items=np.array([[0, 0], [4, 5], [9, 0]], np.int32),
+                          weights=np.array([[0, 0], [0.5, 0.5], [1, 0]], np.float32))
+  out = []
+  for name, user_profiles in (("bert4rec", None), ("sasrec", profiles)):
+    config = get_default_config().model
+    config.name, config.embed_dim, config.num_heads, config.ff_dim = name, 16, 2, 32
+    model = build_model(config, num_items=30, max_len=8, user_profiles=user_profiles)
+    params = init_encoder(model, jax.random.key(7), 8)
+    # Non-zero output bias / context projection, so that leaving either out would show.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: (jax.random.normal(jax.random.key(8), x.shape)
+                         if any(getattr(k, "key", None) in ("output_bias", "project") for k in path)
+                         else x), params)
+    out.append((model, params))
+  return out
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["bert4rec_mask_and_bias", "sasrec_friend_context"])
+def test_recommend_and_explain_score_as_the_model_does(which):
+  from recattn_jax.data.pipeline import pad_to  # pylint: disable=g-import-not-at-top
+  from recattn_jax.evaluation.topk import recommend  # pylint: disable=g-import-not-at-top
+  from recattn_jax.models import fold_item_bias  # pylint: disable=g-import-not-at-top
+  model, params = _bert4rec_and_context_models()[which]
+  histories = [np.array([3, 7, 12]), np.array([5, 1, 2, 3, 4, 6, 8, 9, 10, 11])]
+  mask_id = getattr(model, "mask_id", None)
+  users = [0, 1] if mask_id is None else None
+  ids, scores = recommend(model, params, histories, k=4, max_len=8, batch_size=2, users=users)
+  explanations = attention_over_history(model, params, histories, top_k=4, user=users)
+  for row, h in enumerate(histories):
+    # By hand: BERT4Rec reads the newest 7 events and a mask token and adds its output bias.
+    inputs = h if mask_id is None else np.append(h[-7:], mask_id)
+    inputs = jnp.asarray(pad_to(inputs, 8, "left"))[None]
+    kwargs = {} if users is None else {"users": jnp.full_like(inputs, users[row] + 1)}
+    user = last_hidden(model.apply(params, inputs, **kwargs), inputs)
+    table = model.apply(params, method="item_embeddings")
+    if mask_id is not None:
+      user, table = fold_item_bias(user, table, model.apply(params, method="item_bias"))
+    expected_scores, expected_ids = top_k_items(user, table, 4, jnp.asarray([h]))
+    np.testing.assert_array_equal(ids[row], expected_ids[0])
+    np.testing.assert_allclose(scores[row], expected_scores[0], rtol=1e-5)
+    np.testing.assert_array_equal(explanations[row].items, expected_ids[0])
+    history = np.asarray(inputs)[0][np.asarray(inputs)[0] > 0]
+    if mask_id is not None:
+      history = history[:-1]  # the mask token is the query, not part of the explained history
+    np.testing.assert_array_equal(explanations[row].history, history)

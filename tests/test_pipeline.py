@@ -79,8 +79,8 @@ def test_eval_batches_fixed_shape_with_weights():
 
 def test_packing_one_pass_holds_every_event_once():
   import grain
-  from recattn_jax.data.pipeline import _packed, rows_per_pass
-  rows = list(_packed(grain.MapDataset.source(SEQS).shuffle(seed=1), max_len=8, seed=1))
+  from recattn_jax.data.pipeline import _packed, _usable, rows_per_pass
+  rows = list(_packed(grain.MapDataset.source(_usable(SEQS)).shuffle(seed=1), max_len=8, seed=1))
   assert len(rows) == rows_per_pass(SEQS, max_len=8, seed=1, pack=True) < len(SEQS)
   targets = sorted(int(t) for r in rows for t in r["targets"] if t > 0)
   assert targets == sorted(int(t) for s in SEQS for t in s[1:][-8:])

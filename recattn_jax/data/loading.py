@@ -6,7 +6,7 @@ import pathlib
 
 import ml_collections
 
-from recattn_jax.data import download, features, preprocess, readers
+from recattn_jax.data import download, features, preprocess, readers, social
 
 SPLITS = ("leave_one_out", "time")
 
@@ -43,6 +43,18 @@ def load_split(data_config: ml_collections.ConfigDict) -> preprocess.Split:
   split.stats.update(source=str(path), kcore=kcore_stats,
                      **{k: v for k, v in sequences.stats.items() if k not in split.stats})
   return split
+
+
+def load_user_profiles(data_config: ml_collections.ConfigDict,
+                       split: preprocess.Split) -> social.UserProfiles | None:
+  """Friend-graph user context aligned with `split` (None unless `data.user_friends_path`)."""
+  path = data_config.get("user_friends_path", "")
+  if not path:
+    return None
+  profiles = social.friend_profiles(split, social.read_friend_graph(path),
+                                    top_k=data_config.get("friend_items", 50))
+  split.stats["user_profiles"] = profiles.stats
+  return profiles
 
 
 def load_split_features(data_config: ml_collections.ConfigDict,

@@ -18,6 +18,10 @@ Optional per-event timestamps travel as a "timestamps" key aligned with
 (float32 holds epoch seconds only to about a minute; relative to the newest
 event the recent gaps stay exact, and only differences within a sequence
 carry meaning).
+
+Optional user numbers travel as a "users" key, the same for every position of
+an example: the user's index + 1 (0 = padding), for encoders with a per-user
+context (`models/user_context.py`). Packed rows keep each position's own user.
 """
 
 from __future__ import annotations
@@ -71,14 +75,21 @@ def relative_times(times: np.ndarray) -> np.ndarray:
   return (times - times[-1]).astype(np.float32) if len(times) else np.zeros(0, np.float32)
 
 
+def _check_aligned(name: str, values: Sequence | None, sequences: Sequence) -> None:
+  if values is not None and len(values) != len(sequences):
+    raise ValueError(f"{len(values)} {name} for {len(sequences)} sequences")
+
+
 def _usable(sequences: Sequence[np.ndarray], max_len: int | None = None,
-            timestamps: Sequence[np.ndarray] | None = None) -> list:
+            timestamps: Sequence[np.ndarray] | None = None,
+            users: Sequence[int] | None = None) -> list[dict]:
   """Sequences with at least one prediction; with `max_len`, long ones become several windows.
 
-  Records are int32 arrays, or (items, float64 times) pairs with `timestamps`.
+  Records are dicts: "items" int32, plus "times" float64 with `timestamps` and
+  "user" (index + 1) with `users`.
   """
-  if timestamps is not None and len(timestamps) != len(sequences):
-    raise ValueError(f"{len(timestamps)} timestamp arrays for {len(sequences)} sequences")
+  _check_aligned("timestamp arrays", timestamps, sequences)
+  _check_aligned("user indices", users, sequences)
   usable = []
   for i, seq in enumerate(sequences):
     if len(seq) < 2:
@@ -88,32 +99,36 @@ def _usable(sequences: Sequence[np.ndarray], max_len: int | None = None,
     if times is not None and times.shape != seq.shape:
       raise ValueError(f"sequence {i}: {len(times)} timestamps for {len(seq)} events")
     cuts = [slice(None)] if max_len is None else _window_slices(len(seq), max_len)
-    usable.extend(seq[cut] if times is None else (seq[cut], times[cut]) for cut in cuts)
+    for cut in cuts:
+      record = {"items": seq[cut]}
+      if times is not None:
+        record["times"] = times[cut]
+      if users is not None:
+        record["user"] = int(users[i]) + 1
+      usable.append(record)
   if not usable:
     raise ValueError("no training sequence has the 2 events needed for one next-item example")
   return usable
 
 
-def _unpack_record(record) -> tuple[np.ndarray, np.ndarray | None]:
-  return record if isinstance(record, tuple) else (record, None)
+def _with_extras(example: dict[str, np.ndarray], record: dict, times_kept: slice) -> dict:
+  if "times" in record:
+    example["timestamps"] = relative_times(record["times"][times_kept])
+  if "user" in record:
+    example["users"] = np.full(len(example["inputs"]), record["user"], np.int32)
+  return example
 
 
-def _unpadded_example(record, max_len: int) -> dict[str, np.ndarray]:
-  seq, times = _unpack_record(record)
-  seq = seq[-(max_len + 1):]
+def _unpadded_example(record: dict, max_len: int) -> dict[str, np.ndarray]:
+  seq = record["items"][-(max_len + 1):]
   example = {"inputs": seq[:-1], "targets": seq[1:]}
-  if times is not None:
-    example["timestamps"] = relative_times(times[-(max_len + 1):][:-1])
-  return example
+  return _with_extras(example, record, slice(-(max_len + 1), -1))
 
 
-def _unpadded_cloze(record, rng: np.random.Generator, *, max_len: int,
+def _unpadded_cloze(record: dict, rng: np.random.Generator, *, max_len: int,
                     **masking) -> dict[str, np.ndarray]:
-  seq, times = _unpack_record(record)
-  example = cloze_example(seq, rng, max_len=max_len, **masking)
-  if times is not None:
-    example["timestamps"] = relative_times(times[-max_len:])
-  return example
+  example = cloze_example(record["items"], rng, max_len=max_len, **masking)
+  return _with_extras(example, record, slice(-max_len, None))
 
 
 def _padded(example: dict[str, np.ndarray], max_len: int, side: str) -> dict[str, np.ndarray]:
@@ -157,6 +172,7 @@ def train_dataset(sequences: Sequence[np.ndarray], *, max_len: int, batch_size: 
                   mask_prob: float = 0.2, mask_id: int | None = None,
                   last_item_prob: float = 0.0,
                   timestamps: Sequence[np.ndarray] | None = None,
+                  users: Sequence[int] | None = None,
                   ) -> grain.MapDataset | grain.IterDataset:
   """An endless stream of shuffled batches; each pass over the data is a fresh permutation.
 
@@ -170,15 +186,17 @@ def train_dataset(sequences: Sequence[np.ndarray], *, max_len: int, batch_size: 
   `objective` is "next_item" or "cloze" (with `mask_prob`, `mask_id` and
   `last_item_prob`, see `cloze.py`); batches are {"inputs", "targets"} [B, L]
   int32 either way, plus "segment_ids" when packed and "timestamps" [B, L]
-  float32 when `timestamps` (per sequence, aligned with `sequences`) is given.
+  float32 when `timestamps` (per sequence, aligned with `sequences`) is given,
+  and "users" [B, L] int32 (user index + 1) when `users` is.
   """
   if padding not in PADDING_SIDES:
     raise ValueError(f"data.padding must be one of {PADDING_SIDES}, got {padding!r}")
-  usable = _usable(sequences, max_len if all_windows else None, timestamps)
+  usable = _usable(sequences, max_len if all_windows else None, timestamps, users)
   records = grain.MapDataset.source(usable).shuffle(seed=seed).repeat()
   examples = _examples(records, objective=objective, max_len=max_len, seed=seed,
                        mask_prob=mask_prob, mask_id=mask_id, last_item_prob=last_item_prob)
-  keys = ("inputs", "targets") + (("timestamps",) if timestamps is not None else ())
+  keys = (("inputs", "targets") + (("timestamps",) if timestamps is not None else ())
+          + (("users",) if users is not None else ()))
   if pack:
     batches = _pack(examples, max_len, seed, keys).batch(batch_size, drop_remainder=True)
   else:
@@ -207,13 +225,14 @@ def rows_per_pass(sequences: Sequence[np.ndarray], *, max_len: int, seed: int, p
   if objective != "cloze":
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
   # Packing depends on lengths only, and masking does not change them.
-  unmasked = one_pass.map(lambda s: {"inputs": s[-max_len:], "targets": s[-max_len:]})
+  unmasked = one_pass.map(lambda r: {"inputs": r["items"][-max_len:], "targets": r["items"][-max_len:]})
   return sum(1 for _ in _pack(unmasked, max_len, seed, ("inputs", "targets")))
 
 
 def eval_batches(histories: Sequence[np.ndarray], targets: np.ndarray, *, max_len: int,
                  batch_size: int, padding: str = "left", append_mask_id: int | None = None,
                  timestamps: Sequence[np.ndarray] | None = None,
+                 users: Sequence[int] | None = None,
                  ) -> Iterator[dict[str, np.ndarray]]:
   """Fixed-shape evaluation batches (the last one padded, with `weight` 0 on filler rows).
 
@@ -224,9 +243,11 @@ def eval_batches(histories: Sequence[np.ndarray], targets: np.ndarray, *, max_le
   representation is the output at the newest input as for next-item models.
   `timestamps` (aligned with `histories`) adds "timestamps" [B, L] float32
   relative to the newest history event; an appended mask gets time 0.
+  `users` (user indices aligned with `histories`) adds "users" [B, L] int32,
+  index + 1 on every position of the row (0 on filler rows).
   """
-  if timestamps is not None and len(timestamps) != len(histories):
-    raise ValueError(f"{len(timestamps)} timestamp arrays for {len(histories)} histories")
+  _check_aligned("timestamp arrays", timestamps, histories)
+  _check_aligned("user indices", users, histories)
   longest = max((len(h) for h in histories), default=1)
   exclude_width = max(8, int(2 ** np.ceil(np.log2(max(longest, 1)))))
   for start in range(0, len(targets), batch_size):
@@ -240,6 +261,8 @@ def eval_batches(histories: Sequence[np.ndarray], targets: np.ndarray, *, max_le
     }
     if timestamps is not None:
       batch["timestamps"] = np.zeros((batch_size, max_len), np.float32)
+    if users is not None:
+      batch["users"] = np.zeros((batch_size, max_len), np.int32)
     for row, i in enumerate(range(start, stop)):
       inputs = histories[i] if append_mask_id is None else append_mask(
           histories[i], max_len, append_mask_id)
@@ -250,6 +273,8 @@ def eval_batches(histories: Sequence[np.ndarray], targets: np.ndarray, *, max_le
         if append_mask_id is not None:
           times = np.append(times[len(times) - len(inputs) + 1:], np.float32(0.0))
         batch["timestamps"][row] = pad_to(times, max_len, padding, np.float32)
+      if users is not None:
+        batch["users"][row] = int(users[i]) + 1
     batch["targets"][:rows] = targets[start:stop]
     batch["weight"][:rows] = 1.0
     yield batch

@@ -66,6 +66,8 @@ class Split:
   item_ids: np.ndarray | None = None
   # float64 seconds aligned with each `train` sequence (empty when built by hand).
   train_timestamps: list[np.ndarray] = dataclasses.field(default_factory=list)
+  # Original user id of user index u, as in `SequenceData` (None when built by hand).
+  user_ids: np.ndarray | None = None
 
 
 def _check_frame(df: pd.DataFrame) -> None:
@@ -266,7 +268,7 @@ class _SplitBuilder:
     return Split(train=self.train, valid=self._eval_set("valid"),
                  test=self._eval_set("test"), num_items=data.num_items, stats=stats,
                  train_users=np.asarray(self.train_users, np.int32), item_ids=data.item_ids,
-                 train_timestamps=self.train_timestamps)
+                 train_timestamps=self.train_timestamps, user_ids=data.user_ids)
 
 
 def leave_one_out(data: SequenceData) -> Split:

@@ -76,12 +76,13 @@ def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
 def recommend(model, params, histories: Sequence[np.ndarray], *, k: int, max_len: int,
               batch_size: int = 256, padding: str = "left", exclude_seen: bool = True,
               item_chunk: int = 4096, timestamps: Sequence[np.ndarray] | None = None,
-              ) -> tuple[np.ndarray, np.ndarray]:
+              users: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Top-K lists ([U, K] ids, [U, K] scores) for every history, scored as in evaluation.
 
   The user vector is the encoder's output at the newest input: the newest event,
   or for cloze-trained encoders (BERT4Rec) a mask token appended after it, with
-  the model's output bias. `timestamps` (per history) feed HSTU's time bias.
+  the model's output bias. `timestamps` (per history) feed HSTU's time bias,
+  `users` (user index per history) a model's user context.
   `exclude_seen` drops each user's whole history.
   """
   # steps imports this module, so its helpers are imported here.
@@ -99,9 +100,9 @@ def recommend(model, params, histories: Sequence[np.ndarray], *, k: int, max_len
   targets = np.ones(len(histories), np.int32)  # eval_batches wants targets; unused here
   for batch in eval_batches(histories, targets, max_len=max_len, batch_size=batch_size,
                             padding=padding, append_mask_id=getattr(model, "mask_id", None),
-                            timestamps=timestamps):
+                            timestamps=timestamps, users=users):
     rows = int(batch["weight"].sum())
-    inputs = {key: batch[key] for key in ("inputs", "exclude", "timestamps") if key in batch}
+    inputs = {key: batch[key] for key in ("inputs", "exclude", "timestamps", "users") if key in batch}
     batch_ids, batch_scores = step(params, inputs)
     ids.append(np.asarray(batch_ids)[:rows])
     scores.append(np.asarray(batch_scores)[:rows])

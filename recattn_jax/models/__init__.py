@@ -3,7 +3,8 @@
 Every encoder maps item ids [B, L] (0 = padding) and optional packing
 `segment_ids` to hidden states [B, L, D] scored against `item_embeddings()`
 [num_items + 1, D]; BERT4Rec adds `item_bias()` (see `fold_item_bias`) and
-reads a mask id, HSTU optional `timestamps`.
+reads a mask id, HSTU optional `timestamps`; all take `users` when built with
+`user_profiles` (a per-user context, `user_context.py`).
 """
 
 import jax.numpy as jnp
@@ -16,10 +17,12 @@ from recattn_jax.models.hstu import HSTU
 from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.models.matchers import TargetAttention, dot_product_scores
 from recattn_jax.models.sasrec import SASRec, last_hidden, positions_in_sequence
+from recattn_jax.data.social import UserProfiles
+from recattn_jax.models.user_context import UserContext
 
 __all__ = ["BERT4Rec", "HSTU", "ItemEncoder", "LinearHead", "MLPHead", "MODELS", "ResidualMLPHead",
-           "SASRec", "TargetAttention", "build_head", "build_model", "dot_product_scores",
-           "fold_item_bias", "last_hidden", "positions_in_sequence"]
+           "SASRec", "TargetAttention", "UserContext", "UserProfiles", "build_head", "build_model",
+           "dot_product_scores", "fold_item_bias", "init_encoder", "last_hidden", "positions_in_sequence"]
 
 MODELS = ("sasrec", "bert4rec", "hstu")
 
@@ -27,8 +30,12 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(model_config: ml_collections.ConfigDict, *, num_items: int, max_len: int,
-                item_features: ItemFeatures | None = None) -> SASRec | BERT4Rec | HSTU:
-  """The user encoder named by `model.name`; `item_features` feed `model.item_representation`."""
+                item_features: ItemFeatures | None = None,
+                user_profiles: UserProfiles | None = None) -> SASRec | BERT4Rec | HSTU:
+  """The user encoder named by `model.name`; `item_features` feed `model.item_representation`.
+
+  `user_profiles` gives every user a context vector (models/user_context.py).
+  """
   if model_config.name not in MODELS:
     raise ValueError(f"model.name={model_config.name!r} is not a known encoder; "
                      f"known: {list(MODELS)}")
@@ -47,6 +54,7 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_items: int, max_
       item_features=item_features,
       item_representation=model_config.get("item_representation", "id"),
       item_id_dropout=model_config.get("item_id_dropout", 0.0),
+      user_profiles=user_profiles,
   )
   # Fields only some encoders read; defaults apply to configs that predate them.
   get = model_config.get
@@ -59,3 +67,10 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_items: int, max_
               time_bucket_step=get("time_bucket_step", 0.301),
               bias_per_head=get("bias_per_head", False),
               attention_norm=get("attention_norm", "max_len"), **common)
+
+
+def init_encoder(model: SASRec | BERT4Rec | HSTU, key, max_len: int):
+  """An encoder's variables from a dummy batch (with `users` when it has a user context)."""
+  dummy = jnp.zeros((1, max_len), jnp.int32)
+  users = dummy if model.user_profiles is not None else None
+  return model.init(key, dummy, users=users)

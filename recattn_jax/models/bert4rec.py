@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from recattn_jax.attention import MaskSpec
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.models.item_encoder import ItemEncoder
+from recattn_jax.data.social import UserProfiles
+from recattn_jax.models.user_context import UserContext, check_users
 from recattn_jax.models.sasrec import positions_in_sequence
 from recattn_jax.models.transformer import TransformerBlock
 from recattn_jax.models.dropout import Dropout
@@ -54,6 +56,8 @@ class BERT4Rec(nn.Module):
   item_features: ItemFeatures | None = None
   item_representation: str = "id"
   item_id_dropout: float = 0.0
+  # A per-user context added to every event (see models/user_context.py); None: no context.
+  user_profiles: UserProfiles | None = None
 
   @property
   def mask_id(self) -> int:
@@ -76,15 +80,22 @@ class BERT4Rec(nn.Module):
         for i in range(self.num_layers)
     ]
     self.final_norm = nn.LayerNorm(dtype=self.dtype)
+    self.user_context = (None if self.user_profiles is None
+                         else UserContext(self.user_profiles, self.embed_dim, name="user_context"))
     self.output_dense = nn.Dense(self.embed_dim, dtype=self.dtype)
     self.output_norm = nn.LayerNorm(dtype=self.dtype)
     if self.output_bias:
       self.bias = self.param("output_bias", nn.initializers.zeros, (self.num_items + 1,))
 
   def __call__(self, items: jax.Array, segment_ids: jax.Array | None = None, *,
-               deterministic: bool = True, timestamps: jax.Array | None = None) -> jax.Array:
-    """`segment_ids` (0 = padding) marks packed rows; `timestamps` is accepted and unused."""
+               deterministic: bool = True, timestamps: jax.Array | None = None,
+               users: jax.Array | None = None) -> jax.Array:
+    """`segment_ids` (0 = padding) marks packed rows; `timestamps` is accepted and unused.
+
+    `users` [B, L] (user index + 1) is required exactly when the model has `user_profiles`.
+    """
     del timestamps  # BERT4Rec has no notion of time; accepted so that callers can be uniform.
+    check_users(self.user_profiles, users)
     if items.shape[-1] > self.max_len:
       raise ValueError(f"sequence length {items.shape[-1]} exceeds model.max_len={self.max_len}")
     valid = items > 0
@@ -94,6 +105,8 @@ class BERT4Rec(nn.Module):
     x = jnp.where(is_mask[..., None], self.mask_embed,
                   self.item_embed(jnp.where(is_mask, 0, items)))
     x = x + self.pos_embed(positions_in_sequence(segment_ids, self.positions))
+    if self.user_context is not None:
+      x = x + self.user_context(users, self.item_embed)
     x = self.input_dropout(self.embed_norm(x), deterministic=deterministic)
     x = (x * valid[..., None]).astype(self.dtype)
     mask = MaskSpec(causal=False, kv_valid=valid,

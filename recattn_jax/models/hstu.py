@@ -46,6 +46,8 @@ import jax.numpy as jnp
 from recattn_jax.attention import MaskSpec, attend, pointwise_normalizer
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.models.item_encoder import ItemEncoder
+from recattn_jax.data.social import UserProfiles
+from recattn_jax.models.user_context import UserContext, check_users
 from recattn_jax.models.sasrec import positions_in_sequence
 from recattn_jax.models.dropout import Dropout
 
@@ -149,6 +151,8 @@ class HSTU(nn.Module):
   item_features: ItemFeatures | None = None
   item_representation: str = "id"
   item_id_dropout: float = 0.0
+  # A per-user context added to every event (see models/user_context.py); None: no context.
+  user_profiles: UserProfiles | None = None
 
   def setup(self):
     self.item_embed = ItemEncoder(self.num_items, self.embed_dim, item_features=self.item_features,
@@ -166,10 +170,17 @@ class HSTU(nn.Module):
         for i in range(self.num_layers)
     ]
     self.final_norm = nn.LayerNorm(dtype=self.dtype)
+    self.user_context = (None if self.user_profiles is None
+                         else UserContext(self.user_profiles, self.embed_dim, name="user_context"))
 
   def __call__(self, items: jax.Array, segment_ids: jax.Array | None = None, *,
-               deterministic: bool = True, timestamps: jax.Array | None = None) -> jax.Array:
-    """`segment_ids` (0 = padding) marks packed rows; `timestamps` None: no time bias."""
+               deterministic: bool = True, timestamps: jax.Array | None = None,
+               users: jax.Array | None = None) -> jax.Array:
+    """`segment_ids` (0 = padding) marks packed rows; `timestamps` None: no time bias.
+
+    `users` [B, L] (user index + 1) is required exactly when the model has `user_profiles`.
+    """
+    check_users(self.user_profiles, users)
     if items.shape[-1] > self.max_len:
       raise ValueError(f"sequence length {items.shape[-1]} exceeds model.max_len={self.max_len}")
     valid = items > 0
@@ -177,6 +188,8 @@ class HSTU(nn.Module):
     segment_ids = jnp.where(valid, segment_ids, 0) if packed else valid.astype(jnp.int32)
     positions = positions_in_sequence(segment_ids, self.positions)
     x = self.item_embed(items) * (self.embed_dim ** 0.5) + self.pos_embed(positions)
+    if self.user_context is not None:
+      x = x + self.user_context(users, self.item_embed)
     x = self.input_dropout(x, deterministic=deterministic)
     x = (x * valid[..., None]).astype(self.dtype)
     mask = MaskSpec(causal=True, kv_valid=valid,

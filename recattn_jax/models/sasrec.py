@@ -10,6 +10,8 @@ from recattn_jax.attention import MaskSpec
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.models.transformer import TransformerBlock
+from recattn_jax.data.social import UserProfiles
+from recattn_jax.models.user_context import UserContext, check_users
 from recattn_jax.models.dropout import Dropout
 
 
@@ -59,6 +61,8 @@ class SASRec(nn.Module):
   item_features: ItemFeatures | None = None
   item_representation: str = "id"
   item_id_dropout: float = 0.0
+  # A per-user context added to every event (see models/user_context.py); None: no context.
+  user_profiles: UserProfiles | None = None
 
   def setup(self):
     self.item_embed = ItemEncoder(self.num_items, self.embed_dim, item_features=self.item_features,
@@ -73,24 +77,33 @@ class SASRec(nn.Module):
         for i in range(self.num_layers)
     ]
     self.final_norm = nn.LayerNorm(dtype=self.dtype)
+    self.user_context = (None if self.user_profiles is None
+                         else UserContext(self.user_profiles, self.embed_dim, name="user_context"))
 
   def __call__(self, items: jax.Array, segment_ids: jax.Array | None = None, *,
-               deterministic: bool = True) -> jax.Array:
-    """`segment_ids` (0 = padding) marks packed rows holding several users; None: one user per row."""
-    return self._encode(items, segment_ids, deterministic)[0]
+               deterministic: bool = True, users: jax.Array | None = None) -> jax.Array:
+    """`segment_ids` (0 = padding) marks packed rows holding several users; None: one user per row.
 
-  def _embed(self, items: jax.Array, positions: jax.Array, deterministic: bool) -> jax.Array:
+    `users` [B, L] (user index + 1) is required exactly when the model has `user_profiles`.
+    """
+    check_users(self.user_profiles, users)
+    return self._encode(items, segment_ids, deterministic, users)[0]
+
+  def _embed(self, items: jax.Array, positions: jax.Array, deterministic: bool,
+             users: jax.Array | None) -> jax.Array:
     x = self.item_embed(items) * (self.embed_dim ** 0.5) + self.pos_embed(positions)
+    if self.user_context is not None:
+      x = x + self.user_context(users, self.item_embed)
     x = self.input_dropout(x, deterministic=deterministic)
     return (x * (items > 0)[..., None]).astype(self.dtype)
 
-  def _encode(self, items, segment_ids, deterministic):
+  def _encode(self, items, segment_ids, deterministic, users=None):
     if items.shape[-1] > self.max_len:
       raise ValueError(f"sequence length {items.shape[-1]} exceeds model.max_len={self.max_len}")
     valid = items > 0
     packed = segment_ids is not None
     segment_ids = jnp.where(valid, segment_ids, 0) if packed else valid.astype(jnp.int32)
-    x = self._embed(items, positions_in_sequence(segment_ids, self.positions), deterministic)
+    x = self._embed(items, positions_in_sequence(segment_ids, self.positions), deterministic, users)
     mask = MaskSpec(causal=True, kv_valid=valid,
                     q_segment_ids=segment_ids if packed else None,
                     kv_segment_ids=segment_ids if packed else None)
@@ -101,29 +114,34 @@ class SASRec(nn.Module):
       values.append(v)
     return self.final_norm(x), keys, values
 
-  def prefill(self, items: jax.Array) -> tuple[jax.Array, dict]:
+  def prefill(self, items: jax.Array, users: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Encodes right-padded histories and returns (user representations [B, D], cache).
 
     The cache holds every layer's keys and values ([layers, B, max_len, H, Dh])
     and each row's length, so that `extend` can add one event in O(L) work
-    instead of re-encoding the whole history in O(L^2).
+    instead of re-encoding the whole history in O(L^2). `users` [B, L] as in `__call__`.
     """
     self._check_cacheable(items)
-    hidden, keys, values = self._encode(items, None, True)
+    check_users(self.user_profiles, users)
+    hidden, keys, values = self._encode(items, None, True, users)
     pad = ((0, 0), (0, self.max_len - items.shape[1]), (0, 0), (0, 0))
     cache = {"keys": jnp.stack([jnp.pad(k, pad) for k in keys]),
              "values": jnp.stack([jnp.pad(v, pad) for v in values]),
              "length": jnp.sum(items > 0, axis=-1).astype(jnp.int32)}
     return last_hidden(hidden, items), cache
 
-  def extend(self, cache: dict, new_items: jax.Array) -> tuple[jax.Array, dict]:
+  def extend(self, cache: dict, new_items: jax.Array,
+             users: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Appends one event per row ([B]) and returns (user representations [B, D], cache).
 
     Rows must have fewer than `max_len` events before the call; once full, encode
-    the newest events again with `prefill`.
+    the newest events again with `prefill`. `users` [B] (user index + 1) when the
+    model has `user_profiles`.
     """
+    check_users(self.user_profiles, users)
     index = cache["length"]
-    x = self._embed(new_items[:, None], index[:, None], True)
+    x = self._embed(new_items[:, None], index[:, None], True,
+                    None if users is None else users[:, None])
     keys, values = [], []
     for layer, block in enumerate(self.blocks):
       x, k, v = block.step(x, cache["keys"][layer], cache["values"][layer], index)

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from recattn_jax.evaluation import target_ranks
 from recattn_jax.evaluation.topk import top_k_items
-from recattn_jax.models import fold_item_bias, last_hidden
+from recattn_jax.models import fold_item_bias, init_encoder, last_hidden
 from recattn_jax.training.losses import LossFn, next_item_loss_fn
 
 DATA_AXIS = "data"
@@ -70,10 +70,9 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, *, see
                max_len: int, mesh: Mesh) -> TrainState:
   """Shapes first, then shardings, then one jitted initialisation straight into place."""
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-  dummy = jnp.zeros((1, max_len), jnp.int32)
 
   def init(key):
-    params = model.init(key, dummy)
+    params = init_encoder(model, key, max_len)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params), dropout_key=dropout_key)
 
@@ -94,9 +93,10 @@ def catalogue_logits(hidden: jax.Array, item_table: jax.Array) -> jax.Array:
 
 
 def encode(model: nn.Module, params, batch: dict, **kwargs) -> jax.Array:
-  """Hidden states [B, L, D] of a batch; packing segment ids and timestamps when it has them."""
-  if "timestamps" in batch:
-    kwargs["timestamps"] = batch["timestamps"]
+  """Hidden states [B, L, D] of a batch; packing segment ids, timestamps and users when it has them."""
+  for key in ("timestamps", "users"):
+    if key in batch:
+      kwargs[key] = batch[key]
   return model.apply(params, batch["inputs"], batch.get("segment_ids"), **kwargs)
 
 

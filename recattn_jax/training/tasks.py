@@ -24,7 +24,8 @@ from jax.sharding import Mesh
 from recattn_jax.data import readers
 from recattn_jax.data.ctr import build_pointwise_data
 from recattn_jax.data.features import load_item_features
-from recattn_jax.data.loading import interactions_path, load_split, load_split_features
+from recattn_jax.data.loading import (interactions_path, load_split, load_split_features,
+                                      load_user_profiles)
 from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset
 from recattn_jax.evaluation import metrics_from_ranks, target_ranks
 from recattn_jax.evaluation.beyond import beyond_accuracy_report, item_popularity
@@ -100,9 +101,10 @@ def _uses_timestamps(model_config) -> bool:
 def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
   split = load_split(config.data)
   item_features = load_split_features(config.data, split)
+  user_profiles = load_user_profiles(config.data, split)
   max_len = config.data.max_len
   model = build_model(config.model, num_items=split.num_items, max_len=max_len,
-                      item_features=item_features)
+                      item_features=item_features, user_profiles=user_profiles)
   objective = _objective(config.model)
   mask_id = split.num_items + 1 if objective == "cloze" else None
   timestamps = _uses_timestamps(config.model)
@@ -118,6 +120,7 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
       split.train, max_len=max_len, batch_size=config.train.batch_size, seed=config.seed,
       padding=config.data.padding, pack=config.data.pack, all_windows=config.data.all_windows,
       prefetch=config.data.prefetch, timestamps=split.train_timestamps if timestamps else None,
+      users=split.train_users if user_profiles is not None else None,
       **cloze))
   loss_fn = next_item_loss_fn(
       config.train.get("loss", "softmax"), num_negatives=config.train.get("num_negatives", None),
@@ -138,7 +141,8 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
     return eval_batches(eval_set.histories, eval_set.targets, max_len=max_len,
                         batch_size=config.eval.batch_size, padding=config.data.padding,
                         append_mask_id=mask_id,
-                        timestamps=eval_set.history_timestamps if timestamps else None)
+                        timestamps=eval_set.history_timestamps if timestamps else None,
+                        users=eval_set.users if user_profiles is not None else None)
 
   def evaluate(params, which: str) -> dict:
     ranks = {True: [], False: []}
@@ -215,7 +219,8 @@ def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> J
   unsupported = {"data.split": data_config.split != "leave_one_out",
                  "data.min_rating": data_config.min_rating is not None,
                  "data.dedupe": bool(data_config.dedupe),
-                 "data.user_k": bool(data_config.user_k), "data.item_k": bool(data_config.item_k)}
+                 "data.user_k": bool(data_config.user_k), "data.item_k": bool(data_config.item_k),
+                 "data.user_friends_path": bool(data_config.get("user_friends_path", ""))}
   for field, used in unsupported.items():
     if used:
       raise ValueError(f"{field} is not supported by task={task!r} (leave it at its default)")
