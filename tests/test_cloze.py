@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from recattn_jax.data.cloze import append_mask, cloze_example, mask_positions
-from recattn_jax.data.pipeline import _examples, _pack, eval_batches, rows_per_pass, train_dataset
+from recattn_jax.data.pipeline import (_examples, _pack, _usable, eval_batches, rows_per_pass,
+                                      train_dataset)
 
 MASK = 999
 SEQS = [np.arange(1, n + 1) + 100 * i for i, n in enumerate([2, 3, 5, 8, 13, 4, 6, 7, 9, 2])]
@@ -117,7 +118,7 @@ def test_packed_cloze_rows_keep_users_apart_and_count_rows():
   # A cloze example holds one event more than a next-item one: rows pack differently.
   cloze_rows = rows_per_pass(SEQS, max_len=8, seed=1, pack=True, objective="cloze")
   assert cloze_rows >= rows_per_pass(SEQS, max_len=8, seed=1, pack=True)
-  one_pass = _examples(grain.MapDataset.source(SEQS).shuffle(seed=1), objective="cloze",
+  one_pass = _examples(grain.MapDataset.source(_usable(SEQS)).shuffle(seed=1), objective="cloze",
                        max_len=8, seed=1, mask_prob=0.3, mask_id=MASK, last_item_prob=0.0)
   assert cloze_rows == sum(1 for _ in _pack(one_pass, 8, 1, ("inputs", "targets")))
 
