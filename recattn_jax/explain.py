@@ -80,8 +80,8 @@ def _explain(model, params, inputs, exclude, asked, users, *, top_k):
                                 mutable=["intermediates"])
   layers = attention_weights_by_layer(state["intermediates"])
   if not layers:
-    raise ValueError(f"{type(model).__name__} sowed no attention weights: it does not use "
-                     "models.transformer.MultiHeadSelfAttention")
+    raise ValueError(f"{type(model).__name__} sowed no attention weights: none of its modules "
+                     "sets CAPTURES_ATTENTION (see models.transformer.capture_attention_weights)")
   weights = jnp.stack(layers, axis=1)  # [B, layers, H, Lq, Lk]
   query = jnp.max(jnp.where(inputs > 0, jnp.arange(inputs.shape[1]), -1), axis=1)
   weights = jnp.take_along_axis(weights, query[:, None, None, None, None], axis=3)[:, :, :, 0]
@@ -97,9 +97,10 @@ def attention_over_history(model, params, history, item=None, *, top_k: int = 10
   """Attention over the history at the recommending position, with the top-K list.
 
   Args:
-    model: a sequence encoder built from `TransformerBlock`s whose
+    model: a sequence encoder (SASRec, BERT4Rec, HSTU) whose
       `apply(params, items [B, L], deterministic=True)` gives hidden states
-      [B, L, D] and whose `item_embeddings` method gives the item table (SASRec).
+      [B, L, D] and whose `item_embeddings` method gives the item table.
+      HSTU's weights are its pointwise SiLU(scores) / N: signed, not summing to 1.
     params: its variables.
     history: one user's item ids (oldest first), or a list of them.
     item: optional item id (or one per user) whose score and rank to report.

@@ -187,3 +187,22 @@ def test_recommend_and_explain_score_as_the_model_does(which):
     if mask_id is not None:
       history = history[:-1]  # the mask token is the query, not part of the explained history
     np.testing.assert_array_equal(explanations[row].history, history)
+
+
+def test_hstu_pointwise_weights_are_captured_and_explain_its_output():
+  from recattn_jax.models import HSTU  # pylint: disable=g-import-not-at-top
+  model = HSTU(num_items=30, max_len=8, embed_dim=16, num_layers=2, num_heads=2)
+  params = jax.jit(model.init)(jax.random.key(9), jnp.zeros((1, 8), jnp.int32))
+  items = jnp.asarray([[0, 0, 3, 7, 12, 5, 9, 4]])
+  plain = model.apply(params, items)
+  with capture_attention_weights():
+    captured, state = model.apply(params, items, mutable=["intermediates"])
+  np.testing.assert_allclose(captured, plain, atol=1e-5)
+  layers = attention_weights_by_layer(state["intermediates"])
+  assert len(layers) == 2 and layers[0].shape == (1, 2, 8, 8)
+  weights = np.asarray(layers[0])
+  # Causal and padded keys get exactly zero; pointwise weights are not a distribution.
+  assert np.all(weights[..., np.triu_indices(8, 1)[0], np.triu_indices(8, 1)[1]] == 0)
+  assert np.all(weights[..., :2] == 0) and np.any(np.abs(weights.sum(-1)[..., 2:] - 1) > 1e-3)
+  explanation = attention_over_history(model, params, [3, 7, 12, 5, 9, 4], top_k=3)
+  np.testing.assert_allclose(explanation.weights, np.stack(layers)[:, 0, :, -1, 2:], atol=1e-6)

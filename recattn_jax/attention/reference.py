@@ -40,8 +40,8 @@ def reference_attention(q, k, v, *, mask: MaskSpec | None, bias, scale: float) -
   return out.astype(q.dtype)
 
 
-def reference_pointwise(q, k, v, *, mask: MaskSpec | None, bias, scale: float) -> jax.Array:
-  """HSTU pointwise attention; see `pointwise.py` for the normaliser N."""
+def pointwise_weights(q, k, *, mask: MaskSpec | None, bias, scale: float) -> jax.Array:
+  """HSTU's float32 weights SiLU(q.k * scale + bias) / N, [B, H, Lq, Lk]; 0 where masked."""
   batch, q_len, _, _ = q.shape
   kv_len = k.shape[1]
   logits = _logits(q, k, bias, scale)
@@ -49,7 +49,12 @@ def reference_pointwise(q, k, v, *, mask: MaskSpec | None, bias, scale: float) -
   # Zero masked logits before SiLU so that a -inf bias there cannot make NaN.
   weights = jnp.where(allowed, jax.nn.silu(jnp.where(allowed, logits, 0.0)), 0.0)
   norm = pointwise_normalizer(mask, batch, q_len, kv_len)
-  weights = weights / norm[:, None, :, None]
+  return weights / norm[:, None, :, None]
+
+
+def reference_pointwise(q, k, v, *, mask: MaskSpec | None, bias, scale: float) -> jax.Array:
+  """HSTU pointwise attention; see `pointwise.py` for the normaliser N."""
+  weights = pointwise_weights(q, k, mask=mask, bias=bias, scale=scale)
   out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)
   return out.astype(q.dtype)

@@ -44,12 +44,13 @@ import jax
 import jax.numpy as jnp
 
 from recattn_jax.attention import MaskSpec, attend, pointwise_normalizer
+from recattn_jax.attention.reference import pointwise_weights
 from recattn_jax.data.features import ItemFeatures
-from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.data.social import UserProfiles
-from recattn_jax.models.user_context import UserContext, check_users
-from recattn_jax.models.sasrec import positions_in_sequence
 from recattn_jax.models.dropout import Dropout
+from recattn_jax.models.item_encoder import ItemEncoder
+from recattn_jax.models.sasrec import positions_in_sequence
+from recattn_jax.models.user_context import UserContext, check_users
 
 
 def time_buckets(timestamps: jax.Array, num_buckets: int, step: float) -> jax.Array:
@@ -93,6 +94,8 @@ class HSTUBlock(nn.Module):
   `row_scale` [B, L] multiplies the attention output (see `attention_norm`).
   """
 
+  CAPTURES_ATTENTION = True  # see models.transformer.capture_attention_weights
+
   features: int
   num_heads: int
   dropout_rate: float
@@ -111,13 +114,25 @@ class HSTUBlock(nn.Module):
     self.dropout = Dropout(self.dropout_rate)
 
   def __call__(self, x: jax.Array, mask: MaskSpec, bias: jax.Array | None, valid: jax.Array,
-               deterministic: bool, row_scale: jax.Array | None = None) -> jax.Array:
+               deterministic: bool, row_scale: jax.Array | None = None, *,
+               capture_attention: bool = False) -> jax.Array:
+    """`capture_attention` sows the weights [B, H, Lq, Lk] that multiply the values
+    ("intermediates" / "attention_weights", row scaling included), as `MultiHeadSelfAttention`."""
     uvqk = nn.silu(self.uvqk(self.input_norm(x)))
     u, v, q, k = (uvqk[:, :, i] for i in range(4))
-    heads = attend(q, k, v, mask=mask, bias=bias, kind="pointwise",
-                   implementation=self.attention_impl)
-    if row_scale is not None:
-      heads = heads * row_scale[:, :, None, None].astype(heads.dtype)
+    scale = q.shape[-1] ** -0.5
+    if capture_attention:
+      weights = pointwise_weights(q, k, mask=mask, bias=bias, scale=scale)
+      if row_scale is not None:
+        weights = weights * row_scale[:, None, :, None]
+      self.sow("intermediates", "attention_weights", weights)
+      heads = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v,
+                         preferred_element_type=jnp.float32).astype(q.dtype)
+    else:
+      heads = attend(q, k, v, mask=mask, bias=bias, scale=scale, kind="pointwise",
+                     implementation=self.attention_impl)
+      if row_scale is not None:
+        heads = heads * row_scale[:, :, None, None].astype(heads.dtype)
     flat = x.shape[:2] + (-1,)
     gated = self.attention_norm(heads.reshape(flat)) * u.reshape(flat)
     x = x + self.out(self.dropout(gated, deterministic=deterministic))

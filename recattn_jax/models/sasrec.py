@@ -8,11 +8,11 @@ import jax.numpy as jnp
 
 from recattn_jax.attention import MaskSpec
 from recattn_jax.data.features import ItemFeatures
+from recattn_jax.data.social import UserProfiles
+from recattn_jax.models.dropout import Dropout
 from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.models.transformer import TransformerBlock
-from recattn_jax.data.social import UserProfiles
 from recattn_jax.models.user_context import UserContext, check_users
-from recattn_jax.models.dropout import Dropout
 
 
 def positions_in_sequence(segment_ids: jax.Array, count_from: str) -> jax.Array:

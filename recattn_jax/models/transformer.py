@@ -23,6 +23,9 @@ from recattn_jax.models.dropout import Dropout
 
 
 class MultiHeadSelfAttention(nn.Module):
+  # `capture_attention_weights` turns on `capture_attention` in modules that say so.
+  CAPTURES_ATTENTION = True
+
   features: int
   num_heads: int
   attention_impl: str = "auto"
@@ -129,13 +132,16 @@ def explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 
 def _capture_interceptor(next_fun, args, kwargs, context):
-  if isinstance(context.module, MultiHeadSelfAttention) and context.method_name == "__call__":
+  if getattr(type(context.module), "CAPTURES_ATTENTION", False) and context.method_name == "__call__":
     kwargs = {**kwargs, "capture_attention": True}
   return next_fun(*args, **kwargs)
 
 
 def capture_attention_weights():
-  """Context manager: every `MultiHeadSelfAttention` applied inside it sows its weights.
+  """Context manager: every attention module applied inside it sows its weights.
+
+  Those are `MultiHeadSelfAttention` (softmax probabilities) and HSTU's blocks
+  (pointwise weights, SiLU(scores) / N: signed and not summing to 1).
 
   Works for any encoder built from these blocks, without a flag threaded
   through the encoder:
