@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from recattn_jax.data.features import ItemFeatures
+from recattn_jax.data.social import UserProfiles
 from recattn_jax.models.bert4rec import BERT4Rec, fold_item_bias
 from recattn_jax.models.heads import LinearHead, MLPHead, ResidualMLPHead, build_head
 from recattn_jax.models.hstu import HSTU
 from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.models.matchers import TargetAttention, dot_product_scores
 from recattn_jax.models.sasrec import SASRec, last_hidden, positions_in_sequence
-from recattn_jax.data.social import UserProfiles
 from recattn_jax.models.user_context import UserContext
 
 __all__ = ["BERT4Rec", "HSTU", "ItemEncoder", "LinearHead", "MLPHead", "MODELS", "ResidualMLPHead",
