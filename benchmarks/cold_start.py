@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import jax  # noqa: E402
 from recattn_jax.config import SHARED_DATA, get_default_config  # noqa: E402
 from recattn_jax.data import build_sequences, leave_one_out, read_interactions  # noqa: E402
 from recattn_jax.data.features import from_recbole_item  # noqa: E402
