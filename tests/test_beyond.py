@@ -13,11 +13,12 @@ from recattn_jax.evaluation.topk import top_k_items
 
 
 def numpy_top_k(users, table, k, exclude=None):
-  """Argsort by (score desc, id asc) with padding and excluded items removed."""
+  """Argsort by (score desc, id asc) with padding, excluded and non-finite items removed."""
   scores = users.astype(np.float64) @ table.T.astype(np.float64)
   out = []
   for row, s in enumerate(scores):
     banned = {0} | (set(exclude[row].tolist()) - {0} if exclude is not None else set())
+    banned |= set(np.flatnonzero(~np.isfinite(s)).tolist())
     order = [i for i in np.lexsort((np.arange(len(s)), -s)) if i not in banned]
     out.append((order + [0] * k)[:k])
   return np.asarray(out)
@@ -40,6 +41,20 @@ def test_top_k_matches_numpy_with_ties_and_exclusion(item_chunk):
     np.testing.assert_allclose(scores, np.take_along_axis(users @ table.T, expected, 1))
     _, ids_all = top_k_items(jnp.asarray(users), jnp.asarray(table), k, item_chunk=item_chunk)
     np.testing.assert_array_equal(ids_all, numpy_top_k(users, table, k))
+
+
+def test_top_k_never_recommends_non_finite_scores():
+  rng = np.random.default_rng(2)
+  users = rng.normal(size=(4, 3)).astype(np.float32)
+  table = rng.normal(size=(20, 3)).astype(np.float32)
+  table[[2, 5]] = np.nan
+  table[9, 1] = np.inf
+  users[3] = np.nan  # a broken user: nothing to recommend
+  scores, ids = top_k_items(jnp.asarray(users), jnp.asarray(table), 6, item_chunk=8)
+  np.testing.assert_array_equal(ids, numpy_top_k(users, table, 6))
+  assert not set(np.asarray(ids).ravel()) & {2, 5, 9}
+  np.testing.assert_array_equal(ids[3], 0)
+  assert np.isneginf(scores[3]).all()
 
 
 def test_short_catalogue_fills_with_padding_never_recommends_it():

@@ -13,8 +13,10 @@ def numpy_ranks(users, table, targets, exclude, ties):
     competitors = set(range(1, table.shape[0])) - {int(target)}
     if exclude is not None:
       competitors -= set(int(i) for i in exclude[b] if i > 0)
-    s = scores[b]
-    if ties == "pessimistic":
+    s = np.where(np.isfinite(scores[b]), scores[b], -np.inf)
+    if not np.isfinite(scores[b, target]):  # a broken target score ranks last
+      ranks.append(len(competitors))
+    elif ties == "pessimistic":
       ranks.append(sum(s[j] >= s[target] for j in competitors))
     else:
       ranks.append(sum(s[j] > s[target] for j in competitors))
@@ -35,6 +37,35 @@ def test_ranks_match_numpy(ties, item_chunk):
   for excl in (None, exclude):
     got = np.asarray(target_ranks(users, table, targets, excl, item_chunk=item_chunk, ties=ties))
     np.testing.assert_array_equal(got, numpy_ranks(users, table, targets, excl, ties))
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
+def test_non_finite_scores_rank_worst(ties):
+  rng = np.random.default_rng(1)
+  num_items, dim, batch = 25, 4, 8
+  users = rng.normal(size=(batch, dim)).astype(np.float32)
+  table = rng.normal(size=(num_items + 1, dim)).astype(np.float32)
+  table[[3, 7]] = np.nan       # broken items never rank ahead of a finite target
+  table[11, 0] = np.inf
+  users[0] = np.nan            # a broken user ranks its target last
+  targets = rng.integers(1, num_items + 1, size=batch).astype(np.int32)
+  targets[1] = 7               # a broken target ranks last too
+  exclude = rng.integers(0, num_items + 1, size=(batch, 5)).astype(np.int32)
+  for excl in (None, exclude):
+    got = np.asarray(target_ranks(users, table, targets, excl, item_chunk=8, ties=ties))
+    np.testing.assert_array_equal(got, numpy_ranks(users, table, targets, excl, ties))
+  competitors = num_items - 1
+  np.testing.assert_array_equal(np.asarray(target_ranks(users, table, targets, ties=ties))[:2],
+                                [competitors, competitors])
+
+
+def test_nan_model_scores_zero_not_one():
+  users = np.full((6, 3), np.nan, np.float32)
+  table = np.random.default_rng(0).normal(size=(41, 3)).astype(np.float32)
+  targets = np.arange(1, 7, dtype=np.int32)
+  for ties in ("pessimistic", "optimistic"):
+    metrics = metrics_from_ranks(np.asarray(target_ranks(users, table, targets, ties=ties)), ks=(1, 10))
+    assert metrics["HR@1"] == 0.0 and metrics["HR@10"] == 0.0 and metrics["NDCG@10"] == 0.0
 
 
 def test_constant_scores_get_worst_rank_when_pessimistic():

@@ -9,6 +9,11 @@ for any catalogue size. Ties are resolved explicitly:
 Padding (item 0) never competes. With `exclude` the user's already-seen items
 are removed from the ranking, except the target itself (so a repeated
 consumption can still be hit).
+
+A score that is not finite (NaN or +-inf, e.g. from a diverged model) is the
+worst possible: such an item never ranks ahead of anything, and a target with
+such a score ranks behind every competing item whatever the tie mode, so a NaN
+model ranks every target last instead of first (`NaN >= x` is False).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def target_ranks(user_repr: jax.Array, item_table: jax.Array, targets: jax.Array
   item_table = item_table.astype(jnp.float32)
   num_rows = item_table.shape[0]
   target_scores = jnp.einsum("bd,bd->b", user_repr, item_table[targets])
+  target_broken = ~jnp.isfinite(target_scores)
   num_chunks = -(-num_rows // item_chunk)
   padded = jnp.pad(item_table, ((0, num_chunks * item_chunk - num_rows), (0, 0)))
   chunks = padded.reshape(num_chunks, item_chunk, -1)
@@ -53,6 +59,7 @@ def target_ranks(user_repr: jax.Array, item_table: jax.Array, targets: jax.Array
     chunk, start = chunk_and_start
     ids = start + jnp.arange(item_chunk)
     scores = user_repr @ chunk.T
+    scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
     competes = (ids > 0) & (ids < num_rows)
     competes = jnp.broadcast_to(competes, scores.shape) & (ids[None, :] != targets[:, None])
     if exclude is not None:
@@ -66,6 +73,7 @@ def target_ranks(user_repr: jax.Array, item_table: jax.Array, targets: jax.Array
       ahead = scores >= target_scores[:, None]
     else:
       ahead = scores > target_scores[:, None]
+    ahead |= target_broken[:, None]
     return carry + jnp.sum(ahead & competes, axis=1, dtype=jnp.int32), None
 
   starts = jnp.arange(num_chunks) * item_chunk

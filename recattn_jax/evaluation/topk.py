@@ -4,8 +4,9 @@ Memory stays O(batch * (K + chunk)) for any catalogue size: a running top-K is
 merged with each chunk's scores. Order is deterministic: by score, then by
 lower item id among equal scores. Padding (item 0) is never recommended; items
 in `exclude` (the user's seen items, same [B, M] 0-padded format as
-`target_ranks`) are dropped. When fewer than K items remain, the list is filled
-with id 0 and score -inf.
+`target_ranks`) are dropped, and so is any item whose score is not finite (a
+diverged model recommends nothing rather than whatever NaN sorts first). When
+fewer than K items remain, the list is filled with id 0 and score -inf.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
     chunk, start = chunk_and_start
     ids = start + jnp.arange(item_chunk, dtype=jnp.int32)
     scores = user_repr @ chunk.T
-    eligible = jnp.broadcast_to((ids > 0) & (ids < num_rows), scores.shape)
+    eligible = ((ids > 0) & (ids < num_rows)) & jnp.isfinite(scores)
     if exclude is not None:
       local = exclude - start
       in_chunk = (exclude > 0) & (local >= 0) & (local < item_chunk)
