@@ -1,5 +1,11 @@
-"""The default configuration; files under `configs/` start from it and override fields."""
+"""The default configuration; files under `configs/` start from it and override fields.
 
+`check_config` validates every ranged or enumerated field before a run does any work.
+"""
+
+import dataclasses
+import math
+import numbers
 import os
 import pathlib
 
@@ -47,6 +53,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.data.click_threshold = 4.0     # rating >= this is a click (ctr)
   c.data.negatives_per_positive = 1  # sampled non-interactions per event (ctr)
   c.data.with_ratings = False      # give the model the history's ratings too
+  c.data.rating_range = (0.5, 5.0)  # rating task: every rating must lie in [low, high]
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "sasrec"
@@ -101,6 +108,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 20
   c.train.num_devices = 0          # 0: every local device
   c.train.progress_bar = True
+  c.train.nan_policy = "raise"     # non-finite loss or gradient: "raise" (stop, naming the step) or "skip" the update
+  c.train.keep_checkpoints = 2     # `latest` and `best` checkpoints kept, for falling back from a damaged one
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
@@ -160,3 +169,138 @@ def get_ml100k_pointwise_config(task: str) -> ml_collections.ConfigDict:
   c.train.early_stopping_metric = "AUC" if task == "ctr" else "RMSE"
   c.eval.batch_size = 1024
   return c
+
+
+# ----------------------------------------------------------------------------
+# Validation.
+
+
+class ConfigError(ValueError):
+  """A config field holds a value outside its range; the message names each one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """Allowed values of a numeric field: `low <= x <= high`, or `<` at an open end."""
+
+  low: float = -math.inf
+  high: float = math.inf
+  integer: bool = False
+  low_open: bool = False
+  high_open: bool = False
+  optional: bool = False  # None is allowed
+
+  def contains(self, value) -> bool:
+    if value is None:
+      return self.optional
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+      return False
+    if self.integer and value != int(value):
+      return False
+    above = value > self.low if self.low_open else value >= self.low
+    below = value < self.high if self.high_open else value <= self.high
+    return above and below
+
+  def __str__(self) -> str:
+    kind = "an integer" if self.integer else "a finite number"
+    bounds = []
+    if self.low > -math.inf:
+      bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+    if self.high < math.inf:
+      bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+    return kind + (" " + " and ".join(bounds) if bounds else "") + (" (or None)" if self.optional else "")
+
+
+_COUNT = Range(1, integer=True)
+_NON_NEGATIVE_COUNT = Range(0, integer=True)
+_PROBABILITY = Range(0, 1, high_open=True)  # a dropout or masking rate
+
+RANGES: dict[str, Range] = {
+    "seed": _NON_NEGATIVE_COUNT,
+    "data.user_k": _NON_NEGATIVE_COUNT,
+    "data.item_k": _NON_NEGATIVE_COUNT,
+    "data.min_rating": Range(optional=True),
+    "data.valid_quantile": Range(0, 1, low_open=True, high_open=True),
+    "data.test_quantile": Range(0, 1, low_open=True, high_open=True),
+    "data.max_len": _COUNT,
+    "data.prefetch": _NON_NEGATIVE_COUNT,
+    "data.item_max_tokens": _COUNT,
+    "data.item_token_min_count": _COUNT,
+    "data.friend_items": _COUNT,
+    "data.click_threshold": Range(),
+    "data.negatives_per_positive": _NON_NEGATIVE_COUNT,
+    "model.embed_dim": _COUNT,
+    "model.num_layers": _COUNT,
+    "model.num_heads": _COUNT,
+    "model.ff_dim": _COUNT,
+    "model.dropout": _PROBABILITY,
+    "model.item_id_dropout": _PROBABILITY,
+    "model.head_dropout": _PROBABILITY,
+    "model.head_blocks": _COUNT,
+    "model.num_position_buckets": _NON_NEGATIVE_COUNT,
+    "model.num_time_buckets": _NON_NEGATIVE_COUNT,
+    "model.time_bucket_step": Range(0, low_open=True),
+    "train.batch_size": _COUNT,
+    "train.learning_rate": Range(0, low_open=True),
+    "train.b1": Range(0, 1, high_open=True),
+    "train.b2": Range(0, 1, high_open=True),
+    "train.weight_decay": Range(0),
+    "train.warmup_steps": _NON_NEGATIVE_COUNT,
+    "train.grad_clip": Range(0),
+    "train.num_negatives": Range(1, integer=True, optional=True),
+    "train.gbce_t": Range(0, 1),
+    "train.mask_prob": Range(0, 1, low_open=True),
+    "train.last_item_prob": Range(0, 1),
+    "train.num_epochs": _COUNT,
+    "train.eval_every_epochs": Range(0, low_open=True),
+    "train.patience": _COUNT,
+    "train.log_every_steps": _COUNT,
+    "train.num_devices": _NON_NEGATIVE_COUNT,
+    "train.keep_checkpoints": Range(2, integer=True),
+    "eval.batch_size": _COUNT,
+    "eval.item_chunk": _COUNT,
+}
+
+NAN_POLICIES = ("raise", "skip")
+# Other enumerated fields are checked where they are used, also before training.
+CHOICES: dict[str, tuple] = {"train.nan_policy": NAN_POLICIES}
+
+
+def _lookup(config: ml_collections.ConfigDict, field: str):
+  node = config
+  for key in field.split("."):
+    if key not in node:
+      return None, False
+    node = node[key]
+  return node, True
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming every field whose value is out of its range, before any work.
+
+  Fields a config does not have are left to the code that needs them.
+  """
+  problems = []
+  for field, allowed in RANGES.items():
+    value, present = _lookup(config, field)
+    if present and not allowed.contains(value):
+      problems.append(f"{field}={value!r} must be {allowed}")
+  for field, choices in CHOICES.items():
+    value, present = _lookup(config, field)
+    if present and value not in choices:
+      problems.append(f"{field}={value!r} must be one of {list(choices)}")
+  ks, present = _lookup(config, "eval.ks")
+  if present and (not ks or not all(_COUNT.contains(k) for k in ks) or len(set(ks)) != len(ks)):
+    problems.append(f"eval.ks={ks!r} must be a non-empty list of distinct integers >= 1")
+  low_high, present = _lookup(config, "data.rating_range")
+  if present and not (len(low_high) == 2 and all(Range().contains(v) for v in low_high)
+                      and low_high[0] <= low_high[1]):
+    problems.append(f"data.rating_range={low_high!r} must be (low, high) with finite low <= high")
+  quantiles = [_lookup(config, f"data.{name}_quantile")[0] for name in ("valid", "test")]
+  if None not in quantiles and all(Range().contains(q) for q in quantiles) and not quantiles[0] < quantiles[1]:
+    problems.append(f"data.valid_quantile={quantiles[0]!r} must be below data.test_quantile={quantiles[1]!r}")
+  dim, heads = _lookup(config, "model.embed_dim")[0], _lookup(config, "model.num_heads")[0]
+  if _COUNT.contains(dim) and _COUNT.contains(heads) and dim % heads:
+    problems.append(f"model.embed_dim={dim} must be divisible by model.num_heads={heads}")
+  if problems:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

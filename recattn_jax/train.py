@@ -1,22 +1,32 @@
 """Command line: `python -m recattn_jax.train [--config configs/NAME.py] [--workdir DIR]`.
 
 Any config field can be overridden, e.g. `--config.train.num_epochs=50`.
-Rerunning with the same workdir resumes from its latest checkpoint.
+Rerunning with the same workdir resumes from its latest checkpoint; a workdir
+holding a run of another config or other data is refused unless `--force_resume`.
+SIGTERM or Ctrl-C saves the latest state and exits with 143 or 130.
 """
 
 import logging
 import pathlib
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from recattn_jax.training.loop import format_table, train_and_evaluate
+from recattn_jax.config import ConfigError
+from recattn_jax.training.checkpoint import CheckpointError
+from recattn_jax.training.loop import NonFiniteError, TrainingInterrupted, format_table, train_and_evaluate
+from recattn_jax.training.workdir import RunMismatchError, WorkdirLockedError
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "sasrec_ml100k.py"
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "Path to a config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here "
                                "(default: runs/<config file name>).")
+_FORCE_RESUME = flags.DEFINE_bool("force_resume", False, "Resume a workdir whose run had another "
+                                  "config or data; results.json records the differences.")
+# Failures whose message says all there is to say: printed without a traceback.
+_REPORTED = (ConfigError, CheckpointError, NonFiniteError, RunMismatchError, WorkdirLockedError)
 
 
 def main(argv):
@@ -26,7 +36,14 @@ def main(argv):
   logging.getLogger("recattn_jax").setLevel(logging.INFO)
   workdir = _WORKDIR.value or str(pathlib.Path("runs") / pathlib.Path(flags.FLAGS["config"].config_filename).stem)
   logging.info("workdir: %s", workdir)
-  results = train_and_evaluate(_CONFIG.value, workdir)
+  try:
+    results = train_and_evaluate(_CONFIG.value, workdir, force_resume=_FORCE_RESUME.value)
+  except TrainingInterrupted as e:
+    print(f"\ninterrupted by {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  except _REPORTED as e:
+    print(f"\nerror ({type(e).__name__}): {e}", file=sys.stderr)
+    sys.exit(1)
   ranking = results["task"] == "ranking"
   print(f"\nBest validation at epoch {results['best_epoch']:.0f}; test metrics " + (
       f"({results['data'].get('test_users', '?')} users, full ranking):" if ranking

@@ -1,33 +1,62 @@
 """`train_and_evaluate(config, workdir)`: the whole job, resumable from `workdir`.
 
 The loop is shared by every task; what differs (data, model, loss and
-evaluation) comes from `tasks.build_job`.
+evaluation) comes from `tasks.build_job`. What it guarantees (docs/reliability.md):
+the config is checked before any work; one process at a time trains in a
+workdir, and only the run the workdir holds is resumed; a non-finite loss or
+gradient stops training (or, with `train.nan_policy="skip"`, is skipped and
+counted); SIGTERM and SIGINT save the latest state and stop; checkpoints are
+verified on restore.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pathlib
+import signal
+import threading
 import time
 
 import jax
 import ml_collections
 from tqdm import tqdm
 
+from recattn_jax.config import check_config
 from recattn_jax.training.checkpoint import Checkpoints, Progress
 from recattn_jax.training.metric_writer import MetricWriter
 from recattn_jax.training.steps import make_mesh, shard_batch
 from recattn_jax.training.tasks import PROTOCOLS, Job, build_job, higher_is_better
+from recattn_jax.training.workdir import RunIdentity, WorkdirLock, source_files
 
 log = logging.getLogger(__name__)
 
 
-def _write_json(path: pathlib.Path, payload: dict):
+class NonFiniteError(FloatingPointError):
+  """Training diverged: a step's loss or gradient norm was NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+  """SIGTERM or SIGINT stopped training after the latest state was saved."""
+
+  def __init__(self, signum: int, step: int, workdir: pathlib.Path):
+    self.signal_name = signal.Signals(signum).name
+    self.exit_code = 128 + signum  # what a shell reports for a process ended by the signal
+    self.step = step
+    super().__init__(f"{self.signal_name}: saved the state of step {step} in {workdir}; "
+                     "run the same command again to resume")
+
+
+def _write_text(path: pathlib.Path, text: str):
   tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
+  tmp.write_text(text, encoding="utf-8")
   os.replace(tmp, path)
+
+
+def _write_json(path: pathlib.Path, payload: dict):
+  _write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def format_table(results: dict, ks=None) -> str:
@@ -44,14 +73,33 @@ def format_table(results: dict, ks=None) -> str:
   return "\n".join(lines)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                       force_resume: bool = False) -> dict:
   """Trains until early stopping or `train.num_epochs`, then reports test metrics of the best model.
 
-  Rerunning with the same `workdir` resumes from the latest checkpoint; a run
-  that had finished only recomputes and rewrites the results.
+  Rerunning with the same `workdir` resumes from the latest intact checkpoint;
+  a run that had finished only recomputes and rewrites the results. A workdir
+  that holds a run of another config or other data is refused
+  (`workdir.RunMismatchError`) unless `force_resume`.
+
+  Raises:
+    ValueError: a config field is out of range (before anything is read or written).
+    WorkdirLockedError: another process trains in `workdir`.
+    RunMismatchError: `workdir` holds another run.
+    CheckpointError: no intact checkpoint to resume from, or the best one is damaged.
+    NonFiniteError: the loss or gradient became non-finite (`train.nan_policy="raise"`).
+    TrainingInterrupted: SIGTERM/SIGINT; the state was saved (`exit_code` 143/130).
   """
+  check_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  # One lock per run: on several hosts the first process speaks for all.
+  lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    return _run(config, workdir, force_resume=force_resume)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resume: bool) -> dict:
   mesh = make_mesh(config.train.num_devices)
   for field in ("train.batch_size", "eval.batch_size"):
     section, key = field.split(".")
@@ -60,33 +108,76 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   job = build_job(config, mesh)
   log.info("data: %s", json.dumps(job.stats, default=str))
-  checkpoints = Checkpoints(workdir)
-  progress = Progress()
-  state = job.state
-  restored = checkpoints.restore_latest(state, job.data_iter)
-  if restored is not None:
-    state, progress = restored
-    log.info("resuming from step %d (finished=%s)", int(state.step), progress.finished)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2), encoding="utf-8")
-
-  writer = MetricWriter(workdir, resume_step=int(state.step))
+  checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
+  writer = None
   try:
-    state = _train(state, progress, config=config, job=job, mesh=mesh, checkpoints=checkpoints,
-                   writer=writer)
+    has_run = bool(checkpoints.latest.steps() or checkpoints.best.steps()
+                   or (workdir / "results.json").exists())
+    identity = RunIdentity(config, data_files=source_files(job.data_files),
+                           data_digest=job.data_digest, data_stats=job.stats)
+    forced_changes = identity.check(workdir, has_run=has_run, force_resume=force_resume,
+                                    step=checkpoints.latest_step() or 0)
+    progress = Progress()
+    state = job.state
+    restored = checkpoints.restore_latest(state, job.data_iter)
+    if restored is not None:
+      state, progress = restored
+      log.info("resuming from step %d (finished=%s)", int(state.step), progress.finished)
+    _write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+
+    writer = MetricWriter(workdir, resume_step=int(state.step))
+    with _StopOnSignal() as stop:
+      state = _train(state, progress, config=config, job=job, mesh=mesh, checkpoints=checkpoints,
+                     writer=writer, stop=stop, workdir=workdir)
     results = _final_results(state, progress, config=config, job=job, checkpoints=checkpoints,
                              num_devices=mesh.size)
+    if forced_changes:
+      results["forced_changes"] = forced_changes
     writer.write(int(state.step), "test", results["test"][job.primary], protocol=job.primary)
   finally:
     if hasattr(job.data_iter, "close"):
       job.data_iter.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
     checkpoints.close()
   _write_json(workdir / "results.json", results)
   return results
 
 
+class _StopOnSignal:
+  """Turns the first SIGTERM or SIGINT into a request to stop after the current step.
+
+  The previous handlers are back from the first signal on, so a second one
+  acts at once (KeyboardInterrupt, or the default end of the process).
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __enter__(self) -> "_StopOnSignal":
+    self.signum = None
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+    self._restore()
+    log.warning("%s received: saving after the current step, then stopping (send it again to "
+                "stop at once)", signal.Signals(signum).name)
+
+  def _restore(self):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def __exit__(self, *exc):
+    self._restore()
+
+
 def _train(state, progress: Progress, *, config, job: Job, mesh, checkpoints: Checkpoints,
-           writer: MetricWriter):
+           writer: MetricWriter, stop: _StopOnSignal, workdir: pathlib.Path):
   """Steps until early stopping or the last step; evaluates and checkpoints every `eval_every` steps."""
   steps_per_epoch, total_steps = job.steps_per_epoch, job.total_steps
   eval_every = max(1, int(config.train.eval_every_epochs * steps_per_epoch))
@@ -94,6 +185,8 @@ def _train(state, progress: Progress, *, config, job: Job, mesh, checkpoints: Ch
   metric = config.train.early_stopping_metric
   sign = 1.0 if higher_is_better(metric) else -1.0
   step = int(state.step)
+  saved_step = step if checkpoints.latest_step() == step else None
+  guard = _NonFiniteGuard(config.train, int(state.nonfinite_steps), step)
   bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0,
              disable=progress.finished or not config.train.progress_bar)
   window_start, window_steps, window_events = time.perf_counter(), 0, 0.0
@@ -105,17 +198,21 @@ def _train(state, progress: Progress, *, config, job: Job, mesh, checkpoints: Ch
     window_steps += 1
     window_events += metrics["events"] if "events" in metrics else metrics["examples"]  # no sync
     bar.update(1)
-    if step % config.train.log_every_steps == 0 or step % eval_every == 0:
+    evaluate_now = step % eval_every == 0 or step == total_steps
+    if step % config.train.log_every_steps == 0 or evaluate_now:
       metrics = jax.device_get(metrics)
       elapsed = time.perf_counter() - window_start
       bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
       writer.write(step, "train", {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
                                    "steps_per_second": window_steps / elapsed,
-                                   "events_per_second": float(window_events) / elapsed},
+                                   "events_per_second": float(window_events) / elapsed,
+                                   "nonfinite_steps": metrics["nonfinite_steps"]},
                    epoch=step / steps_per_epoch)
       window_start, window_steps, window_events = time.perf_counter(), 0, 0.0
+      guard.check(metrics, step, writer)
 
-    if step % eval_every == 0 or step == total_steps:
+    if evaluate_now:
+      guard.check_interval(step)
       valid = job.evaluate(state.params, "valid")[job.primary]
       if metric not in valid:
         raise ValueError(f"train.early_stopping_metric={metric!r} is not among {sorted(valid)}")
@@ -137,15 +234,69 @@ def _train(state, progress: Progress, *, config, job: Job, mesh, checkpoints: Ch
                metric, valid[metric], sign * progress.best_metric, progress.best_step,
                " - stopping" if progress.finished else "")
       checkpoints.save_latest(step, state, job.data_iter, progress)
+      saved_step = step
+
+    if stop.signum is not None:
+      if saved_step != step:
+        progress.train_seconds += time.perf_counter() - segment_start
+        checkpoints.save_latest(step, state, job.data_iter, progress)
+      checkpoints.wait()
+      interrupted = TrainingInterrupted(stop.signum, step, workdir)
+      writer.write(step, "interrupted", {}, signal=interrupted.signal_name,
+                   epoch=step / steps_per_epoch)
+      bar.close()
+      log.warning("%s", interrupted)
+      raise interrupted
   bar.close()
   checkpoints.wait()
   return state
 
 
+class _NonFiniteGuard:
+  """Stops on the first non-finite step ("raise"), or lets skipped steps go on ("skip").
+
+  Steps are counted inside the jitted step (`steps.apply_gradients`), so the
+  host only reads the count when it logs anyway. "skip" still stops when a
+  whole evaluation interval had no finite step: the model no longer trains.
+  """
+
+  def __init__(self, train_config, nonfinite_steps: int, step: int):
+    self.config = train_config
+    self.seen = nonfinite_steps
+    self.interval = (step, nonfinite_steps)  # (step, count) at the last evaluation
+
+  def check(self, metrics: dict, step: int, writer: MetricWriter):
+    count = int(metrics["nonfinite_steps"])
+    if count == self.seen:
+      return
+    first = int(metrics["first_nonfinite_step"])
+    self.seen = count
+    if self.config.nan_policy == "skip":
+      log.warning("step %d: %d steps so far had a non-finite loss or gradient; their updates "
+                  "were skipped (train.nan_policy='skip')", step, count)
+      return
+    writer.write(step, "nonfinite", {}, first_nonfinite_step=first, nonfinite_steps=count)
+    raise NonFiniteError(
+        f"training diverged: the loss or gradient norm is not finite at step {first} "
+        f"({count} of the steps up to {step} were). Their updates were not applied and no "
+        f"checkpoint was written after them. Lower train.learning_rate "
+        f"(now {self.config.learning_rate:g}), keep train.grad_clip > 0 (now "
+        f"{self.config.grad_clip:g}), or set train.nan_policy='skip' to skip such steps.")
+
+  def check_interval(self, step: int):
+    start_step, start_count = self.interval
+    self.interval = (step, self.seen)
+    if step > start_step and self.seen - start_count == step - start_step:
+      raise NonFiniteError(
+          f"training diverged: every step from {start_step + 1} to {step} had a non-finite loss or "
+          "gradient (train.nan_policy='skip' skipped them all), so the model no longer trains. "
+          f"Lower train.learning_rate (now {self.config.learning_rate:g}).")
+
+
 def _final_results(state, progress: Progress, *, config, job: Job, checkpoints: Checkpoints,
                    num_devices: int) -> dict:
   """Test and validation metrics of the best checkpoint, with what is needed to reproduce them."""
-  best_params = checkpoints.restore_best(state.params)
+  best_params = checkpoints.restore_best(state.params, progress.best_step)
   return {
       "test": job.evaluate(best_params, "test"),
       "valid": job.evaluate(best_params, "valid"),
@@ -155,6 +306,7 @@ def _final_results(state, progress: Progress, *, config, job: Job, checkpoints: 
       "best_step": progress.best_step,
       "best_epoch": progress.best_step / job.steps_per_epoch,
       "steps_run": int(state.step),
+      "nonfinite_steps": int(state.nonfinite_steps),
       "train_seconds": progress.train_seconds,
       "num_devices": num_devices,
       "data": job.stats,

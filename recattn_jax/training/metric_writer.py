@@ -1,10 +1,17 @@
-"""Metrics to `workdir/metrics.jsonl` (one JSON object per line) and TensorBoard event files."""
+"""Metrics to `workdir/metrics.jsonl` (one JSON object per line) and TensorBoard event files.
+
+A crash mid-write can leave a torn last line: readers skip it with a warning
+and a resumed run drops it; damage anywhere else is an error naming the line.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
+
+log = logging.getLogger(__name__)
 
 from tensorboardX import SummaryWriter
 
@@ -21,8 +28,7 @@ class MetricWriter:
     """Drops records past the resumed checkpoint (and old test results) so a resumed run's log reads like one run."""
     if not self.path.exists():
       return
-    kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and _kept_on_resume(json.loads(line), step)]
+    kept = [json.dumps(record) for record in _parse(self.path) if _kept_on_resume(record, step)]
     tmp = self.path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, self.path)
@@ -44,7 +50,27 @@ def _kept_on_resume(record: dict, step: int) -> bool:
   return record["step"] <= step and record["split"] != "test"
 
 
+def _parse(path: pathlib.Path) -> list[dict]:
+  lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not (isinstance(record, dict) and "step" in record and "split" in record):
+        raise ValueError("no step and split")
+      records.append(record)
+    except ValueError as e:
+      if number == len(lines):
+        log.warning("%s:%d: torn last line (a crash mid-write?) skipped: %r", path, number, line[:80])
+        continue
+      raise ValueError(f"{path}:{number}: not a JSON record ({e}); the file is damaged "
+                       "there, not just torn at the end. Move it aside to resume (its records "
+                       "are then lost from the log), or repair that line.") from None
+  return records
+
+
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
   """The records of `metrics.jsonl`, e.g. for plotting a loss curve."""
-  path = pathlib.Path(workdir) / "metrics.jsonl"
-  return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+  return _parse(pathlib.Path(workdir) / "metrics.jsonl")

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from recattn_jax.data.ctr import batches
 from recattn_jax.evaluation.ctr import ctr_metrics, rating_metrics
-from recattn_jax.training.steps import DATA_AXIS, TrainState
+from recattn_jax.training.steps import DATA_AXIS, TrainState, apply_gradients
 
 TASKS = ("ctr", "rating")
 
@@ -59,9 +59,7 @@ def init_pointwise_state(model: nn.Module, optimizer: optax.GradientTransformati
   example = jax.tree.map(lambda x: jnp.zeros_like(x[:1]), dict(example_batch))
 
   def init(key):
-    params = model.init(key, *model_inputs(example))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), dropout_key=dropout_key)
+    return TrainState.create(model.init(key, *model_inputs(example)), optimizer, dropout_key)
 
   if mesh is None:
     return jax.jit(init)(init_key)
@@ -85,10 +83,7 @@ def make_pointwise_train_step(model: nn.Module, optimizer: optax.GradientTransfo
       return pointwise_loss(task, outputs, batch["labels"], batch.get("weight"))
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return apply_gradients(state, grads, metrics, optimizer)
 
   if mesh is None:
     return jax.jit(train_step, donate_argnums=0)

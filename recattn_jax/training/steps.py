@@ -3,6 +3,11 @@
 Everything here is a pure function of its arguments; sharding is declared, not
 hand-coded: the batch is split over the mesh's "data" axis and the state is
 replicated, and XLA inserts the gradient all-reduce.
+
+A step whose loss or gradient norm is not finite leaves the parameters and the
+optimizer state as they were and is counted in the state (`nonfinite_steps`,
+`first_nonfinite_step`), so a diverging batch never poisons the model and the
+host can stop, or go on, without syncing on every step.
 """
 
 from __future__ import annotations
@@ -33,6 +38,33 @@ class TrainState:
   params: Any
   opt_state: Any
   dropout_key: jax.Array
+  nonfinite_steps: jax.Array  # steps whose update was not applied (non-finite loss or gradient)
+  first_nonfinite_step: jax.Array  # the first such step (numbered as after it, like `step`); -1: none
+
+  @classmethod
+  def create(cls, params, optimizer: optax.GradientTransformation, dropout_key: jax.Array) -> "TrainState":
+    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+               dropout_key=dropout_key, nonfinite_steps=jnp.zeros((), jnp.int32),
+               first_nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def apply_gradients(state: TrainState, grads, metrics: dict,
+                    optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
+  """The optimizer update, applied only when the loss and the gradient norm are finite."""
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  step = state.step + 1
+  state = state.replace(
+      step=step, params=keep_if_finite(params, state.params),
+      opt_state=keep_if_finite(opt_state, state.opt_state),
+      nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+      first_nonfinite_step=jnp.where(~finite & (state.first_nonfinite_step < 0), step,
+                                     state.first_nonfinite_step))
+  return state, {**metrics, "grad_norm": grad_norm, "nonfinite_steps": state.nonfinite_steps,
+                 "first_nonfinite_step": state.first_nonfinite_step}
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -72,9 +104,7 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, *, see
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
 
   def init(key):
-    params = init_encoder(model, key, max_len)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), dropout_key=dropout_key)
+    return TrainState.create(init_encoder(model, key, max_len), optimizer, dropout_key)
 
   abstract = jax.eval_shape(init, init_key)
   shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
@@ -142,10 +172,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, m
     grads, metrics = jax.grad(
         lambda p: next_item_loss(model, p, batch, dropout_key, loss_fn, item_mask),
         has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return apply_gradients(state, grads, metrics, optimizer)
 
   return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                  out_shardings=(state_sharding, replicated), donate_argnums=0)

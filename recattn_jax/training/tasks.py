@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 from typing import Any, Callable
 
 import grain
@@ -36,6 +37,7 @@ from recattn_jax.training import pointwise_task
 from recattn_jax.training.losses import next_item_loss_fn
 from recattn_jax.training.steps import (TrainState, init_state, make_optimizer, make_rank_step,
                                         make_top_k_step, make_train_step, shard_batch)
+from recattn_jax.training.workdir import content_digest
 
 TASKS = ("ranking", "ctr", "rating")
 PROTOCOLS = {True: "seen_excluded", False: "all_items"}
@@ -54,6 +56,8 @@ class Job:
   evaluate: Callable[[Any, str], dict]  # (params, "valid" | "test") -> {protocol: {metric: value}}
   primary: str  # the protocol whose `train.early_stopping_metric` decides
   stats: dict
+  data_digest: str  # SHA256 of the processed data, for the run's identity
+  data_files: list[str]  # the files and folders read
   report: Callable[[Any], dict] = lambda params: {}  # extra final results of the best params
 
 
@@ -74,6 +78,13 @@ def _check_early_stopping_metric(config: ml_collections.ConfigDict, task: str) -
   if metric not in known:
     raise ValueError(f"train.early_stopping_metric={metric!r} is not a metric of task={task!r}; "
                      f"choose one of {list(known)}")
+
+
+def _data_files(data_config: ml_collections.ConfigDict, interactions: pathlib.Path) -> list[str]:
+  """The interactions and every other file a `data.*_path` field names."""
+  named = [value for key, value in data_config.items() if key.endswith("_path") and key != "path"
+           and value]
+  return [str(interactions), *named]
 
 
 def build_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
@@ -167,10 +178,15 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
     return {"beyond_accuracy": beyond,
             "popularity_baseline": popularity_baseline(split.test, popularity, config)}
 
+  digest = content_digest(split.item_ids, split.user_ids, split.train, split.train_users,
+                          split.train_timestamps if timestamps else None,
+                          *(part for eval_set in (split.valid, split.test)
+                            for part in (eval_set.users, eval_set.targets, eval_set.histories)))
   return Job(state=state, data_iter=data_iter,
              make_train_step=lambda s: make_train_step(model, optimizer, mesh, s, loss_fn, item_mask),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
-             primary=PROTOCOLS[config.eval.exclude_seen], stats=split.stats, report=report)
+             primary=PROTOCOLS[config.eval.exclude_seen], stats=split.stats, report=report,
+             data_digest=digest, data_files=_data_files(config.data, pathlib.Path(split.stats["source"])))
 
 
 def popularity_baseline(eval_set, popularity: np.ndarray, config) -> dict:
@@ -226,6 +242,8 @@ def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> J
       raise ValueError(f"{field} is not supported by task={task!r} (leave it at its default)")
   path = interactions_path(data_config)
   frame = readers.read_interactions(path, fmt=data_config.format)
+  if task == "rating":
+    check_rating_range(frame, path, tuple(data_config.rating_range))
   data = build_pointwise_data(
       frame, task, max_len=data_config.max_len,
       threshold=data_config.get("click_threshold", 4.0),
@@ -263,8 +281,29 @@ def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> J
                else rating_metrics(test["labels"], preds))
     return {"item_mean_baseline": {task: metrics}}
 
+  digest = content_digest(data.user_ids, data.item_ids, *(
+      array for part in (data.train, data.valid, data.test) for array in part.arrays().values()))
   return Job(state=state, data_iter=data_iter,
              make_train_step=lambda s: pointwise_task.make_pointwise_train_step(
                  model, optimizer, task, mesh=mesh),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
-             primary=task, stats=data.stats, report=report)
+             primary=task, stats=data.stats, report=report, data_digest=digest,
+             data_files=_data_files(data_config, path))
+
+
+def check_rating_range(frame, path, rating_range: tuple[float, float]) -> None:
+  """Every rating is a finite number in `data.rating_range`; else ValueError naming the file."""
+  if "rating" not in frame:
+    raise ValueError(f"{path}: task='rating' needs a rating column, the file has {list(frame.columns)}")
+  ratings = frame["rating"].to_numpy(np.float64)
+  low, high = rating_range
+  bad = ~np.isfinite(ratings) | (ratings < low) | (ratings > high)
+  if bad.any():
+    first = frame[bad].iloc[0]
+    finite = ratings[np.isfinite(ratings)]
+    observed = f"[{finite.min():g}, {finite.max():g}]" if len(finite) else "none finite"
+    raise ValueError(
+        f"{path}: {int(bad.sum())} of {len(ratings)} ratings lie outside data.rating_range="
+        f"({low:g}, {high:g}) or are not finite (observed range {observed}; first: user "
+        f"{first['user_id']!r}, item {first['item_id']!r}, rating {first['rating']!r}). "
+        "Set data.rating_range to the file's rating scale, or fix the file.")
