@@ -215,7 +215,8 @@ class RunIdentity:
       old_stats, new_stats = old_data.get("stats", {}), new_data["stats"]
       changed = [f"{k} {_describe(old_stats.get(k))} -> {_describe(new_stats.get(k))}"
                  for k in sorted(set(old_stats) | set(new_stats))
-                 if old_stats.get(k) != new_stats.get(k)]
+                 if old_stats.get(k) != new_stats.get(k)
+                 and not isinstance(old_stats.get(k, new_stats.get(k)), dict)]
       refuse.append("processed data differs (SHA256 of the split)" +
                     (": " + ", ".join(changed[:8]) if changed else " with the same statistics"))
     return refuse, notes
