@@ -241,9 +241,11 @@ def load_run(workdir: str | pathlib.Path):
                       user_profiles=load_user_profiles(config.data, data))
   params_like = jax.jit(functools.partial(init_encoder, model, max_len=config.data.max_len))(
       jax.random.key(0))
-  checkpoints = Checkpoints(workdir)
+  results = workdir / "results.json"
+  best_step = json.loads(results.read_text(encoding="utf-8"))["best_step"] if results.exists() else None
+  checkpoints = Checkpoints(workdir, read_only=True)
   try:
-    params = checkpoints.restore_best(params_like)
+    params = checkpoints.restore_best(params_like, best_step)
   finally:
     checkpoints.close()
   return config, data, model, params

@@ -230,10 +230,7 @@ app.run(train.main)
 """
 
 
-@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_saves_and_the_rerun_resumes_to_the_same_results(finished_run, data_file, tmp_path,
-                                                                signum, exit_code):
-  _, uninterrupted = finished_run
+def _start_slow_trainer(data_file: pathlib.Path, tmp_path: pathlib.Path) -> tuple[subprocess.Popen, pathlib.Path]:
   config_file = tmp_path / "tiny.py"
   config_file.write_text(textwrap.dedent(f"""
       import pathlib, sys
@@ -247,26 +244,52 @@ def test_signal_saves_and_the_rerun_resumes_to_the_same_results(finished_run, da
   trainer = subprocess.Popen([sys.executable, "-c", _SLOW_TRAINING, str(config_file), str(workdir)],
                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
+  return trainer, workdir
+
+
+def _wait_for_step(trainer: subprocess.Popen, workdir: pathlib.Path, step: int, on_progress=None):
+  """Returns once the trainer logged `step`; `on_progress()` runs once, at its first logged step."""
+  deadline = time.time() + 240
+  while time.time() < deadline and trainer.poll() is None:
+    steps = [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] \
+        if (workdir / "metrics.jsonl").exists() else []
+    if steps and on_progress is not None:
+      on_progress()
+      on_progress = None
+    if steps and max(steps) >= step:
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"the trainer never reached step {step}: {trainer.communicate(timeout=60)}")
+
+
+def _assert_resumes_to(uninterrupted: dict, data_file: pathlib.Path, workdir: pathlib.Path):
+  resumed = loop.train_and_evaluate(tiny_config(data_file), workdir)
+  assert resumed["test"] == uninterrupted["test"]
+  assert resumed["best_step"] == uninterrupted["best_step"]
+  steps = [r["step"] for r in read_metrics(workdir) if r["split"] == "train"]
+  assert steps == list(range(1, uninterrupted["steps_run"] + 1))  # each step logged once
+
+
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_and_the_rerun_resumes_to_the_same_results(finished_run, data_file, tmp_path,
+                                                                signum, exit_code):
+  _, uninterrupted = finished_run
+  trainer, workdir = _start_slow_trainer(data_file, tmp_path)
+  refused = []
+
+  def second_trainer():  # in the same workdir, while the first trains: refused
+    with pytest.raises(workdir_lib.WorkdirLockedError, match=f"pid {trainer.pid}"):
+      loop.train_and_evaluate(tiny_config(data_file), workdir)
+    refused.append(True)
+
   try:
-    deadline = time.time() + 240
-    tried_second_trainer = False
-    while time.time() < deadline and trainer.poll() is None:
-      steps = [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] \
-          if (workdir / "metrics.jsonl").exists() else []
-      if steps and not tried_second_trainer:  # a second trainer in the same workdir is refused
-        with pytest.raises(workdir_lib.WorkdirLockedError, match=f"pid {trainer.pid}"):
-          loop.train_and_evaluate(tiny_config(data_file), workdir)
-        tried_second_trainer = True
-      if steps and max(steps) >= 6:
-        break
-      time.sleep(0.05)
-    assert trainer.poll() is None, trainer.communicate()
+    _wait_for_step(trainer, workdir, 6, on_progress=second_trainer)
     trainer.send_signal(signum)
     _, stderr = trainer.communicate(timeout=120)
   finally:
     if trainer.poll() is None:
       trainer.kill()
-  assert tried_second_trainer
+  assert refused
   assert trainer.returncode == exit_code, stderr[-3000:]
   assert "interrupted by" in stderr and signal.Signals(signum).name in stderr
   interrupted = [r for r in read_metrics(workdir) if r["split"] == "interrupted"]
@@ -274,9 +297,19 @@ def test_signal_saves_and_the_rerun_resumes_to_the_same_results(finished_run, da
   saved = max(int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir() if p.name.isdigit())
   assert saved == interrupted[0]["step"] < uninterrupted["steps_run"]
   assert not (workdir / "run.lock").exists() and not (workdir / "results.json").exists()
+  _assert_resumes_to(uninterrupted, data_file, workdir)
 
-  resumed = loop.train_and_evaluate(tiny_config(data_file), workdir)
-  assert resumed["test"] == uninterrupted["test"]
-  assert resumed["best_step"] == uninterrupted["best_step"]
-  steps = [r["step"] for r in read_metrics(workdir) if r["split"] == "train"]
-  assert steps == list(range(1, uninterrupted["steps_run"] + 1))  # each step logged once
+
+def test_sigkill_mid_training_resumes_to_the_same_results(finished_run, data_file, tmp_path):
+  _, uninterrupted = finished_run
+  trainer, workdir = _start_slow_trainer(data_file, tmp_path)
+  try:
+    _wait_for_step(trainer, workdir, 9)  # just after the evaluation (and saves) of step 8
+    trainer.kill()
+    trainer.communicate(timeout=60)
+  finally:
+    if trainer.poll() is None:
+      trainer.kill()
+  assert trainer.returncode == -signal.SIGKILL
+  assert (workdir / "run.lock").exists()  # left behind; stale now
+  _assert_resumes_to(uninterrupted, data_file, workdir)

@@ -104,12 +104,15 @@ def verify(directory: pathlib.Path) -> str | None:
 class _Managed:
   """One Orbax manager plus the checksum record of each completed save."""
 
-  def __init__(self, root: pathlib.Path, name: str, keep: int):
+  def __init__(self, root: pathlib.Path, name: str, keep: int, read_only: bool):
     self.name = name
     self.damaged = root / "damaged"
+    # A trainer removes the temporary folders of saves a crash cut short; a
+    # reader must not (they may be a live trainer's saves in progress).
     self.manager = ocp.CheckpointManager(
         root / name, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True))
+            max_to_keep=keep, create=not read_only, read_only=read_only,
+            cleanup_tmp_directories=not read_only))
     self._unsealed: list[int] = []
 
   def step_dir(self, step: int) -> pathlib.Path:
@@ -119,7 +122,6 @@ class _Managed:
     return sorted(self.manager.all_steps(), reverse=True)
 
   def save(self, step: int, args: ocp.args.Composite):
-    self.seal()
     self.manager.save(step, args=args, force=True)
     self._unsealed.append(step)
 
@@ -161,16 +163,19 @@ class _Managed:
 
 class Checkpoints:
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
+  def __init__(self, workdir: str | pathlib.Path, keep: int = 2, *, read_only: bool = False):
     self.root = pathlib.Path(workdir).absolute() / "checkpoints"
-    self.latest = _Managed(self.root, "latest", keep)
-    self.best = _Managed(self.root, "best", keep)
+    self.latest = _Managed(self.root, "latest", keep, read_only)
+    self.best = _Managed(self.root, "best", keep, read_only)
 
   def latest_step(self) -> int | None:
     steps = self.latest.steps()
     return steps[0] if steps else None
 
   def save_latest(self, step: int, state: Any, data_iter: grain.DatasetIterator, progress: Progress):
+    # Sealing both first keeps the order a resume relies on: the best
+    # checkpoint a `latest` names is recorded before that `latest` is written.
+    self.wait()
     self.latest.save(step, ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data_iter=grain.checkpoint.CheckpointSave(data_iter),
@@ -179,7 +184,7 @@ class Checkpoints:
   def save_best(self, step: int, params: Any):
     # A best checkpoint at or after `step` belongs to a run that was resumed from
     # an earlier point; it is about to be recomputed.
-    self.best.seal()
+    self.wait()
     for stale in self.best.steps():
       if stale >= step:
         self.best.delete(stale)
@@ -222,9 +227,11 @@ class Checkpoints:
     if problem:
       raise CheckpointError(f"its best checkpoint (step {best_step}) is damaged: {problem}")
 
-  def restore_best(self, params_like: Any, step: int) -> Any:
-    """The parameters saved as best at `step`, verified; CheckpointError (nothing else) otherwise."""
+  def restore_best(self, params_like: Any, step: int | None = None) -> Any:
+    """The parameters saved as best at `step` (None: the newest), verified; else CheckpointError."""
     self.best.seal()
+    if step is None:
+      step = (self.best.steps() or [-1])[0]
     if step not in self.best.steps():
       raise CheckpointError(f"no best checkpoint of step {step} under {self.best.manager.directory}"
                             f" (it has {self.best.steps()}); " + _BEST_RECOVERY)

@@ -83,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   (`workdir.RunMismatchError`) unless `force_resume`.
 
   Raises:
-    ValueError: a config field is out of range (before anything is read or written).
+    ConfigError: a config field is out of range (before anything is read or written).
     WorkdirLockedError: another process trains in `workdir`.
     RunMismatchError: `workdir` holds another run.
     CheckpointError: no intact checkpoint to resume from, or the best one is damaged.
