@@ -25,6 +25,7 @@ drops id rows on the output side, where ranking happens.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import pathlib
@@ -41,9 +42,10 @@ from recattn_jax.data import build_sequences, leave_one_out, read_interactions  
 from recattn_jax.data.features import from_recbole_item  # noqa: E402
 from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset  # noqa: E402
 from recattn_jax.evaluation import metrics_from_ranks  # noqa: E402
-from recattn_jax.models import SASRec  # noqa: E402
+from recattn_jax.models import SASRec, init_encoder  # noqa: E402
 from recattn_jax.training.steps import (init_state, make_mesh, make_optimizer,  # noqa: E402
-                                        make_rank_step, make_train_step, shard_batch)
+                                        make_rank_step, make_train_step, next_item_loss,
+                                        shard_batch)
 
 # Variant name -> (item representation, id dropout).
 VARIANTS = {"id": ("id", 0.0), "content": ("content", 0.0), "both": ("both", 0.0),
@@ -95,9 +97,10 @@ def run(variant: str, *, data, train, sets, features, args) -> dict:
   steps_per_epoch = math.ceil(rows / args.batch_size)
   total = args.epochs * steps_per_epoch
   optimizer = make_optimizer(config.train, total)
-  state = init_state(model, optimizer, seed=args.seed, max_len=args.max_len, mesh=mesh)
-  train_step = make_train_step(model, optimizer, mesh, state,
-                               item_mask=features.trained if args.negatives == "trained" else None)
+  state = init_state(functools.partial(init_encoder, model, max_len=args.max_len), optimizer,
+                     seed=args.seed, mesh=mesh)
+  item_mask = features.trained if args.negatives == "trained" else None
+  train_step = make_train_step(next_item_loss(model, item_mask=item_mask), optimizer, mesh, state)
   batches = iter(train_dataset(train, max_len=args.max_len, batch_size=args.batch_size,
                                seed=args.seed, pack=True, all_windows=True, prefetch=2))
   start = time.time()

@@ -205,8 +205,7 @@ def our_step_benchmark(batches: dict[str, np.ndarray], *, num_items: int, warmup
   import jax.numpy as jnp
   import optax
 
-  from recattn_jax.models.sasrec import SASRec, last_hidden
-  from recattn_jax.training.steps import catalogue_logits
+  from recattn_jax.models import SASRec, catalogue_logits, last_hidden
 
   batch_size, max_len = batches["items"].shape[1:]
   model = SASRec(num_items=num_items, max_len=max_len, embed_dim=64, num_layers=2, num_heads=2,
@@ -259,7 +258,8 @@ def our_training(plan: Plan, args: argparse.Namespace, log_path: pathlib.Path) -
   config.data.path = str(DATA_ROOT / DATASET)
   config.data.format = "recbole"
   config.data.max_len = MAX_LEN
-  config.model.update(embed_dim=64, num_layers=2, num_heads=2, ff_dim=256, dropout=args.our_dropout)
+  config.model.sasrec.update(embed_dim=64, num_layers=2, num_heads=2, ff_dim=256,
+                             dropout_rate=args.our_dropout)
   config.train.batch_size = args.our_batch_size
   config.train.num_epochs = args.our_epochs or plan.our_epochs
   config.train.patience = args.our_patience or plan.our_patience
@@ -289,9 +289,9 @@ def our_training(plan: Plan, args: argparse.Namespace, log_path: pathlib.Path) -
           "best_epoch": results["best_epoch"], "train_seconds": results["train_seconds"],
           "best_valid": results["valid"]["seen_excluded"], "test": results["test"]["seen_excluded"],
           "test_all_items": results["test"]["all_items"], "data": results["data"],
-          "config": {"batch_size": config.train.batch_size, "dropout": config.model.dropout,
+          "config": {"batch_size": config.train.batch_size, "dropout": config.model.sasrec.dropout_rate,
                      "num_epochs": config.train.num_epochs, "patience": config.train.patience,
-                     "max_len": config.data.max_len, "attention_impl": config.model.attention_impl}}
+                     "max_len": config.data.max_len, "attention_impl": config.model.sasrec.attention_impl}}
 
 
 def first_reaching(evaluations: list[dict], target: float) -> dict | None:

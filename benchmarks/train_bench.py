@@ -69,9 +69,7 @@ def run_variant(dataset: str, pack: bool, impl: str, dtype: str, *, epochs: int,
   config.data.format = spec["format"]
   config.data.max_len = spec["max_len"]
   config.data.pack = pack
-  config.model.attention_impl = impl
-  config.model.dtype = dtype
-  config.model.dropout = spec["dropout"]
+  config.model.sasrec.update(attention_impl=impl, dtype=dtype, dropout_rate=spec["dropout"])
   config.train.batch_size = spec["batch_size"]
   if pack and not same_rows:
     config.train.batch_size = matched_packed_batch(config, spec["batch_size"])

@@ -6,15 +6,35 @@
 import dataclasses
 import math
 import numbers
-import os
-import pathlib
 
 import ml_collections
 from ml_collections import config_dict
 
-# The shared datasets beside a checkout (override with $RECATTN_SHARED_DATA).
-SHARED_DATA = pathlib.Path(os.environ.get(
-    "RECATTN_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+from recattn_jax.data.datasets import shared_data_dir
+from recattn_jax.models import ENCODERS, POINTWISE_MODELS, encoder_kwargs, pointwise_kwargs
+from recattn_jax.training.losses import LOSSES, loss_kwargs
+
+# The development datasets beside a checkout (override with $RECATTN_SHARED_DATA).
+SHARED_DATA = shared_data_dir()
+
+
+def _sections(names, kwargs_of) -> dict:
+  return {name: ml_collections.ConfigDict(kwargs_of(name)) for name in names}
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+  """`config.model`: `name` plus one section of fields per registered model, at their defaults."""
+  c = ml_collections.ConfigDict({"name": name})
+  c.update(_sections(ENCODERS.names(), encoder_kwargs))
+  c.update(_sections(POINTWISE_MODELS.names(), pointwise_kwargs))
+  return c
+
+
+def loss_config(name: str) -> ml_collections.ConfigDict:
+  """`config.train.loss`: `name` plus one section of fields per registered loss, at their defaults."""
+  c = ml_collections.ConfigDict({"name": name})
+  c.update(_sections(LOSSES.names(), loss_kwargs))
+  return c
 
 
 def get_default_config() -> ml_collections.ConfigDict:
@@ -24,9 +44,17 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.task = "ranking"               # or "ctr" (click prediction), "rating" (regression)
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "ml-100k"          # a public dataset fetched and cached on first use ...
+  c.data.name = "ml-100k"          # a named dataset (data/datasets.py), found or downloaded ...
   c.data.path = ""                 # ... unless this names a local file or folder
-  c.data.format = "auto"           # movielens | recbole | sequence | csv | parquet | auto
+  c.data.format = "auto"           # movielens | recbole | sequence | csv | tsv | parquet | lastfm | auto
+  # Column names of csv / tsv / parquet files ("" = absent; without a header: "0", "1", ...).
+  c.data.columns = ml_collections.ConfigDict()
+  c.data.columns.user = "user_id"
+  c.data.columns.item = "item_id"
+  c.data.columns.time = ""         # "": the file order is the time order
+  c.data.columns.rating = ""
+  c.data.columns.delimiter = ""    # "": from the extension, else sniffed
+  c.data.columns.header = True
   c.data.min_rating = config_dict.placeholder(float)  # keep events rated >= this (None: all)
   c.data.dedupe = ""               # "", "first" or "last": collapse repeated (user, item) pairs
   c.data.user_k = 0                # k-core filter (0: off)
@@ -55,34 +83,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.data.with_ratings = False      # give the model the history's ratings too
   c.data.rating_range = (0.5, 5.0)  # rating task: every rating must lie in [low, high]
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "sasrec"
-  c.model.embed_dim = 64
-  c.model.num_layers = 2
-  c.model.num_heads = 1
-  c.model.ff_dim = 256
-  c.model.dropout = 0.2
-  c.model.positions = "end"        # "start" keeps positions stable under appends
-  c.model.attention_impl = "auto"
-  c.model.dtype = "float32"
-  c.model.item_representation = "id"  # "content" or "both" need data.item_features_path/text_embeddings_path
-  c.model.item_id_dropout = 0.0    # "both": treat trained items as cold at this rate (DropoutNet)
-  c.model.output_bias = True       # bert4rec: per-item output bias
-  c.model.num_position_buckets = 0  # hstu: 0 = one relative-position bucket per distance
-  c.model.num_time_buckets = 128   # hstu: log-spaced time-difference buckets (0: no time bias)
-  c.model.time_bucket_step = 0.301
-  c.model.bias_per_head = False
-  c.model.attention_norm = "max_len"
-  # din / bst (ctr, rating): the head on [z, e, z*e, user].
-  c.model.head = "mlp"             # linear | mlp | residual_mlp
-  c.model.head_hidden = (64, 32)
-  c.model.head_activation = "relu"
-  c.model.head_dropout = 0.0
-  c.model.head_blocks = 2
-  c.model.use_user_embedding = True
-  c.model.use_positions = True
-  c.model.use_ratings = False
-  c.model.use_biases = True
+  # The model: its name and, per registered model, its own fields (defaults: the
+  # module's; recattn_jax/models/). Switch with --config.model.name=hstu, tune
+  # with --config.model.hstu.num_layers=3.
+  c.model = model_config("sasrec")
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32          # rows; packed rows hold ~2 ML-100K users each
@@ -93,12 +97,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.warmup_steps = 0
   c.train.schedule = "constant"    # or "cosine": decay to zero at num_epochs
   c.train.grad_clip = 1.0
-  c.train.loss = "softmax"         # sampled_softmax | bce | gbce (recattn_jax/training/losses.py)
-  c.train.num_negatives = config_dict.placeholder(int)  # None: the loss's default
-  c.train.negative_sampler = "uniform"  # sampled_softmax: or "in_batch"
-  c.train.logq_correction = True
+  # The loss: its name and, per registered loss, its own fields (training/losses.py).
+  c.train.loss = loss_config("softmax")
   c.train.negatives = "all"        # "trained": softmax over items with training events only (cold start)
-  c.train.gbce_t = 0.75
   c.train.mask_prob = 0.2          # bert4rec cloze masking
   c.train.last_item_prob = 0.0     # bert4rec: share of examples that mask only the last item
   c.train.num_epochs = 80
@@ -120,14 +121,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def get_amazon_config(folder: str, file_name: str) -> ml_collections.ConfigDict:
-  """SASRec+ on one of S3Rec's 5-core Amazon files in `../shared/data/<folder>/`."""
+def get_amazon_config(name: str) -> ml_collections.ConfigDict:
+  """SASRec+ on one of S3Rec's 5-core Amazon datasets ("amazon-toys", "amazon-sports")."""
   c = get_default_config()
-  c.data.name = folder
-  c.data.path = str(SHARED_DATA / folder / file_name)
+  c.data.name = name
   c.data.format = "sequence"
   c.data.max_len = 50
-  c.model.dropout = 0.5
+  for name in ENCODERS.names():
+    c.model[name].dropout_rate = 0.5
   c.train.batch_size = 16          # packed rows of ~6 users each
   c.train.weight_decay = 0.0       # decay would shrink rarely-seen items at every step
   c.train.num_epochs = 40
@@ -138,13 +139,13 @@ def get_lastfm_config(friends: bool = False) -> ml_collections.ConfigDict:
   """SASRec+ on Last.fm HetRec 2011; `friends` adds the friend graph as a user context."""
   c = get_default_config()
   c.data.name = "lastfm-hetrec2k"
-  c.data.path = str(SHARED_DATA / "lastfm-hetrec2k")
   c.data.format = "lastfm"
   c.data.max_len = 50
   if friends:
-    c.data.user_friends_path = str(SHARED_DATA / "lastfm-hetrec2k" / "user_friends.dat")
+    c.data.user_friends_path = "user_friends.dat"  # in the dataset's folder
     c.data.friend_items = 50
-  c.model.dropout = 0.5
+  for name in ENCODERS.names():
+    c.model[name].dropout_rate = 0.5
   c.train.batch_size = 32
   c.train.weight_decay = 0.0
   c.train.num_epochs = 60
@@ -156,11 +157,11 @@ def get_ml100k_pointwise_config(task: str) -> ml_collections.ConfigDict:
   c = get_default_config()
   c.task = task
   c.data.max_len = 50
-  c.data.item_features_path = str(SHARED_DATA / "ml-100k" / "ml-100k.item")
+  c.data.item_features_path = "ml-100k.item"  # in the dataset's folder
   c.model.name = "din"
-  c.model.item_representation = "both"
-  c.model.num_heads = 2
-  c.model.dropout = 0.1
+  for name in POINTWISE_MODELS.names():
+    c.model[name].update(embed_dim=64, num_heads=2, ff_dim=256, dropout_rate=0.1,
+                         item_representation="both")
   c.train.batch_size = 256
   c.train.weight_decay = 0.0
   c.train.num_epochs = 20
@@ -215,6 +216,7 @@ _COUNT = Range(1, integer=True)
 _NON_NEGATIVE_COUNT = Range(0, integer=True)
 _PROBABILITY = Range(0, 1, high_open=True)  # a dropout or masking rate
 
+# A "*" stands for every section: every model's (model.*.x) or every loss's (train.loss.*.x).
 RANGES: dict[str, Range] = {
     "seed": _NON_NEGATIVE_COUNT,
     "data.user_k": _NON_NEGATIVE_COUNT,
@@ -229,17 +231,17 @@ RANGES: dict[str, Range] = {
     "data.friend_items": _COUNT,
     "data.click_threshold": Range(),
     "data.negatives_per_positive": _NON_NEGATIVE_COUNT,
-    "model.embed_dim": _COUNT,
-    "model.num_layers": _COUNT,
-    "model.num_heads": _COUNT,
-    "model.ff_dim": _COUNT,
-    "model.dropout": _PROBABILITY,
-    "model.item_id_dropout": _PROBABILITY,
-    "model.head_dropout": _PROBABILITY,
-    "model.head_blocks": _COUNT,
-    "model.num_position_buckets": _NON_NEGATIVE_COUNT,
-    "model.num_time_buckets": _NON_NEGATIVE_COUNT,
-    "model.time_bucket_step": Range(0, low_open=True),
+    "model.*.embed_dim": _COUNT,
+    "model.*.num_layers": _NON_NEGATIVE_COUNT,
+    "model.*.num_heads": _COUNT,
+    "model.*.ff_dim": _COUNT,
+    "model.*.dropout_rate": _PROBABILITY,
+    "model.*.item_id_dropout": _PROBABILITY,
+    "model.*.head_dropout": _PROBABILITY,
+    "model.*.head_blocks": _NON_NEGATIVE_COUNT,
+    "model.*.num_position_buckets": _NON_NEGATIVE_COUNT,
+    "model.*.num_time_buckets": _NON_NEGATIVE_COUNT,
+    "model.*.time_bucket_step": Range(0, low_open=True),
     "train.batch_size": _COUNT,
     "train.learning_rate": Range(0, low_open=True),
     "train.b1": Range(0, 1, high_open=True),
@@ -247,8 +249,8 @@ RANGES: dict[str, Range] = {
     "train.weight_decay": Range(0),
     "train.warmup_steps": _NON_NEGATIVE_COUNT,
     "train.grad_clip": Range(0),
-    "train.num_negatives": Range(1, integer=True, optional=True),
-    "train.gbce_t": Range(0, 1),
+    "train.loss.*.num_negatives": _COUNT,
+    "train.loss.*.t": Range(0, 1),
     "train.mask_prob": Range(0, 1, low_open=True),
     "train.last_item_prob": Range(0, 1),
     "train.num_epochs": _COUNT,
@@ -266,13 +268,21 @@ NAN_POLICIES = ("raise", "skip")
 CHOICES: dict[str, tuple] = {"train.nan_policy": NAN_POLICIES}
 
 
-def _lookup(config: ml_collections.ConfigDict, field: str):
-  node = config
-  for key in field.split("."):
-    if key not in node:
-      return None, False
-    node = node[key]
-  return node, True
+def _lookup(config: ml_collections.ConfigDict, field: str, prefix: str = "") -> list[tuple[str, object]]:
+  """(field, value) of every field `field` names ("*" matches each section); absent ones are skipped."""
+  head, _, rest = field.partition(".")
+  if head == "*":
+    keys = [k for k, v in config.items() if isinstance(v, ml_collections.ConfigDict)]
+  else:
+    keys = [head] if head in config else []
+  found = []
+  for key in keys:
+    if rest:
+      if isinstance(config[key], ml_collections.ConfigDict):
+        found += _lookup(config[key], rest, f"{prefix}{key}.")
+    else:
+      found.append((f"{prefix}{key}", config[key]))
+  return found
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -281,26 +291,28 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   Fields a config does not have are left to the code that needs them.
   """
   problems = []
-  for field, allowed in RANGES.items():
-    value, present = _lookup(config, field)
-    if present and not allowed.contains(value):
-      problems.append(f"{field}={value!r} must be {allowed}")
-  for field, choices in CHOICES.items():
-    value, present = _lookup(config, field)
-    if present and value not in choices:
-      problems.append(f"{field}={value!r} must be one of {list(choices)}")
-  ks, present = _lookup(config, "eval.ks")
-  if present and (not ks or not all(_COUNT.contains(k) for k in ks) or len(set(ks)) != len(ks)):
-    problems.append(f"eval.ks={ks!r} must be a non-empty list of distinct integers >= 1")
-  low_high, present = _lookup(config, "data.rating_range")
-  if present and not (len(low_high) == 2 and all(Range().contains(v) for v in low_high)
-                      and low_high[0] <= low_high[1]):
-    problems.append(f"data.rating_range={low_high!r} must be (low, high) with finite low <= high")
-  quantiles = [_lookup(config, f"data.{name}_quantile")[0] for name in ("valid", "test")]
-  if None not in quantiles and all(Range().contains(q) for q in quantiles) and not quantiles[0] < quantiles[1]:
+  for pattern, allowed in RANGES.items():
+    for field, value in _lookup(config, pattern):
+      if not allowed.contains(value):
+        problems.append(f"{field}={value!r} must be {allowed}")
+  for pattern, choices in CHOICES.items():
+    for field, value in _lookup(config, pattern):
+      if value not in choices:
+        problems.append(f"{field}={value!r} must be one of {list(choices)}")
+  for field, ks in _lookup(config, "eval.ks"):
+    if not ks or not all(_COUNT.contains(k) for k in ks) or len(set(ks)) != len(ks):
+      problems.append(f"{field}={ks!r} must be a non-empty list of distinct integers >= 1")
+  for field, low_high in _lookup(config, "data.rating_range"):
+    if not (len(low_high) == 2 and all(Range().contains(v) for v in low_high)
+            and low_high[0] <= low_high[1]):
+      problems.append(f"{field}={low_high!r} must be (low, high) with finite low <= high")
+  quantiles = [value for _, value in _lookup(config, "data.valid_quantile") + _lookup(config, "data.test_quantile")]
+  if len(quantiles) == 2 and all(Range().contains(q) for q in quantiles) and not quantiles[0] < quantiles[1]:
     problems.append(f"data.valid_quantile={quantiles[0]!r} must be below data.test_quantile={quantiles[1]!r}")
-  dim, heads = _lookup(config, "model.embed_dim")[0], _lookup(config, "model.num_heads")[0]
-  if _COUNT.contains(dim) and _COUNT.contains(heads) and dim % heads:
-    problems.append(f"model.embed_dim={dim} must be divisible by model.num_heads={heads}")
+  for field, dim in _lookup(config, "model.*.embed_dim"):
+    heads_field = field.replace(".embed_dim", ".num_heads")
+    heads = dict(_lookup(config, heads_field)).get(heads_field)
+    if _COUNT.contains(dim) and _COUNT.contains(heads) and dim % heads:
+      problems.append(f"{field}={dim} must be divisible by {heads_field}={heads}")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

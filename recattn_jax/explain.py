@@ -27,15 +27,15 @@ import ml_collections
 import numpy as np
 
 from recattn_jax.data import preprocess, readers
-from recattn_jax.data.loading import (interactions_path, load_split, load_split_features,
-                                      load_user_profiles)
+from recattn_jax.data.loading import load_split, load_split_features, load_user_profiles
+from recattn_jax.data.readers import item_titles
 from recattn_jax.data.cloze import append_mask
 from recattn_jax.data.pipeline import pad_to
 from recattn_jax.evaluation.ranking import target_ranks
 from recattn_jax.evaluation.topk import top_k_items
-from recattn_jax.models import build_model, init_encoder, last_hidden
+from recattn_jax.models import build_encoder, init_encoder, last_hidden, scoring_inputs
 from recattn_jax.models.transformer import capture_attention_weights
-from recattn_jax.training.steps import scoring_inputs
+from recattn_jax.training.checkpoint import Checkpoints
 
 
 @dataclasses.dataclass
@@ -120,7 +120,7 @@ def attention_over_history(model, params, history, item=None, *, top_k: int = 10
     raise ValueError("every history needs at least one event")
   items_asked = (list(item) if batched else [item]) if item is not None else [None] * len(histories)
   length = max_len or model.max_len
-  mask_id = getattr(model, "mask_id", None)  # cloze encoders recommend from a mask token
+  mask_id = model.mask_id  # cloze encoders recommend from a mask token
   inputs = jnp.asarray(np.stack([
       pad_to(h if mask_id is None else append_mask(h, length, mask_id), length, padding)
       for h in histories]))
@@ -192,51 +192,12 @@ def _load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text(encoding="utf-8")))
 
 
-def _sequence_data(data_config) -> tuple[preprocess.SequenceData, pathlib.Path]:
-  """The run's sequences (for the original user and item ids); mirrors `load_split`."""
-  path = interactions_path(data_config)
-  frame = readers.read_interactions(path, fmt=data_config.format)
-  if data_config.dedupe:
-    frame = preprocess.dedupe(frame, keep=data_config.dedupe)
-  frame, _ = preprocess.kcore_filter(frame, user_k=data_config.user_k, item_k=data_config.item_k)
-  return preprocess.build_sequences(frame, min_rating=data_config.min_rating), path
-
-
-def item_titles(original_ids: np.ndarray, source: str | pathlib.Path) -> np.ndarray:
-  """Display name of each internal item id: the title when the data folder has one.
-
-  Reads a RecBole `.item` file (title and year fields) or GroupLens `u.item`
-  beside the interactions; otherwise the original ids are the names.
-  """
-  source = pathlib.Path(source)
-  folder = source if source.is_dir() else source.parent
-  names = {}
-  recbole = sorted(folder.glob("*.item"))
-  if recbole:
-    frame = readers.read_recbole_item_features(recbole[0])
-    title = next((c for c in frame.columns if "title" in c), None)
-    year = next((c for c in frame.columns if "year" in c), None)
-    if title is not None:
-      for item_id, row in frame.iterrows():
-        text = row[title]
-        text = " ".join(text) if isinstance(text, list) else str(text)
-        names[item_id] = f"{text} ({row[year]})" if year is not None and row[year] else text
-  elif (folder / "u.item").is_file():
-    for line in (folder / "u.item").read_text(encoding="latin-1").splitlines():
-      fields = line.split("|")
-      if len(fields) > 1:
-        names[fields[0]] = fields[1]
-  return np.asarray([names.get(str(i), str(i)) for i in original_ids], dtype=object)
-
-
 def load_run(workdir: str | pathlib.Path):
   """(config, split, model, best params) of a finished training run in `workdir`."""
-  from recattn_jax.training.checkpoint import Checkpoints  # pylint: disable=g-import-not-at-top
-
   workdir = pathlib.Path(workdir)
   config = _load_config(workdir)
   data = load_split(config.data)
-  model = build_model(config.model, num_items=data.num_items, max_len=config.data.max_len,
+  model = build_encoder(config.model, num_items=data.num_items, max_len=config.data.max_len,
                       item_features=load_split_features(config.data, data),
                       user_profiles=load_user_profiles(config.data, data))
   params_like = jax.jit(functools.partial(init_encoder, model, max_len=config.data.max_len))(
@@ -271,7 +232,6 @@ def explain_user(workdir: str | pathlib.Path, user_index: int, *, split: str = "
       model, params, eval_set.histories[row], int(eval_set.targets[row]), top_k=top_k,
       exclude_seen=config.eval.exclude_seen, padding=config.data.padding,
       max_len=config.data.max_len, user=user_index if model.user_profiles is not None else None)
-  sequences, source = _sequence_data(config.data)
-  info = {"user_id": str(sequences.user_ids[user_index]), "target": int(eval_set.targets[row]),
+  info = {"user_id": str(data.user_ids[user_index]), "target": int(eval_set.targets[row]),
           "split": split, "config": config}
-  return explanation, item_titles(sequences.item_ids, source), info
+  return explanation, item_titles(data.item_ids, data.stats["source"]), info

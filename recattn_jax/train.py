@@ -1,6 +1,7 @@
-"""Command line: `python -m recattn_jax.train [--config configs/NAME.py] [--workdir DIR]`.
+"""Command line: `python -m recattn_jax.train [--config NAME | PATH.py] [--workdir DIR]`.
 
-Any config field can be overridden, e.g. `--config.train.num_epochs=50`.
+`--config` takes a shipped config by name (`recattn_jax/configs/`, e.g.
+`hstu_ml100k`) or a path to your own config file. Any config field can be overridden, e.g. `--config.train.num_epochs=50`.
 Rerunning with the same workdir resumes from its latest checkpoint; a workdir
 holding a run of another config or other data is refused unless `--force_resume`.
 SIGTERM or Ctrl-C saves the latest state and exits with 143 or 130.
@@ -13,14 +14,15 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from recattn_jax import configs
 from recattn_jax.config import ConfigError
 from recattn_jax.training.checkpoint import CheckpointError
 from recattn_jax.training.loop import NonFiniteError, TrainingInterrupted, format_table, train_and_evaluate
 from recattn_jax.training.workdir import RunMismatchError, WorkdirLockedError
 
-_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "sasrec_ml100k.py"
-
-_CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "Path to a config file.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(configs.path("sasrec_ml100k")),
+    f"A shipped config's name ({', '.join(configs.names())}) or a config file's path.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here "
                                "(default: runs/<config file name>).")
 _FORCE_RESUME = flags.DEFINE_bool("force_resume", False, "Resume a workdir whose run had another "
@@ -56,5 +58,21 @@ def main(argv):
   print(f"\nresults: {pathlib.Path(workdir) / 'results.json'}, metrics: {pathlib.Path(workdir) / 'metrics.jsonl'}")
 
 
+def resolve_config_names(argv: list[str]) -> list[str]:
+  """`--config NAME` (a shipped config) becomes `--config <its path>`; paths pass unchanged."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg == "--config" and i + 1 < len(out):
+      index, value, prefix = i + 1, out[i + 1], ""
+    elif arg.startswith("--config="):
+      index, value, prefix = i, arg[len("--config="):], "--config="
+    else:
+      continue
+    name, colon, rest = value.partition(":")  # ml_collections' "path:argument" form
+    if not pathlib.Path(name).exists() and name.removesuffix(".py") in configs.names():
+      out[index] = prefix + str(configs.path(name)) + colon + rest
+  return out
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=resolve_config_names(sys.argv))

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from recattn_jax.config import get_default_config
+from recattn_jax.models import ENCODERS
 
 
 def write_sequence_file(path: pathlib.Path, *, users: int = 96, items: int = 40, seed: int = 0) -> pathlib.Path:
@@ -22,16 +23,18 @@ def write_sequence_file(path: pathlib.Path, *, users: int = 96, items: int = 40,
   return path
 
 
-def tiny_config(data_path: pathlib.Path, **train_overrides):
+def tiny_config(data_path: pathlib.Path, *, loss: str | None = None, loss_fields: dict | None = None,
+                **train_overrides):
+  """A seconds-long ranking run on `data_path`; `loss` / `loss_fields` set `train.loss`."""
   config = get_default_config()
   config.data.name = "tiny"
   config.data.path = str(data_path)
   config.data.format = "sequence"
   config.data.max_len = 12
-  config.model.embed_dim = 16
-  config.model.num_layers = 1
-  config.model.ff_dim = 32
-  config.model.dropout = 0.1
+  for name in ENCODERS.names():  # every encoder, so that tests can switch model.name
+    config.model[name].update(embed_dim=16, num_layers=1, dropout_rate=0.1)
+    if "ff_dim" in config.model[name]:
+      config.model[name].ff_dim = 32
   config.train.batch_size = 16
   config.train.eval_every_epochs = 1
   config.train.num_epochs = 4
@@ -41,6 +44,9 @@ def tiny_config(data_path: pathlib.Path, **train_overrides):
   config.eval.batch_size = 32
   config.eval.ks = (1, 10)
   config.train.update(train_overrides)
+  if loss:
+    config.train.loss.name = loss
+  config.train.loss[config.train.loss.name].update(loss_fields or {})
   return config
 
 
@@ -69,3 +75,20 @@ def write_ratings_file(path: pathlib.Path, **kwargs) -> pathlib.Path:
   lines = [f"{r.user_id}\t{r.item_id}\t{int(r.rating)}\t{int(r.timestamp)}" for r in frame.itertuples()]
   path.write_text("\n".join(lines) + "\n")
   return path
+
+
+def make_encoder(name: str, *, num_items: int, max_len: int, item_features=None,
+                 user_profiles=None, **fields):
+  """Encoder `name` built the way a config builds it (`config.model.<name>` with `fields`)."""
+  from recattn_jax.models import build_encoder  # pylint: disable=g-import-not-at-top
+  config = get_default_config().model
+  config.name = name
+  config[name].update(fields)
+  return build_encoder(config, num_items=num_items, max_len=max_len, item_features=item_features,
+                       user_profiles=user_profiles)
+
+
+def score_items(model, params, hidden):
+  """float32 logits of every item (the padding column masked), as training and evaluation score."""
+  from recattn_jax.models import catalogue_logits, scoring_inputs  # pylint: disable=g-import-not-at-top
+  return catalogue_logits(*scoring_inputs(model, params, hidden))

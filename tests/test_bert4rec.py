@@ -6,22 +6,19 @@ import numpy as np
 import optax
 import pytest
 
-from recattn_jax.config import get_default_config
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.data.pipeline import eval_batches, train_dataset
-from recattn_jax.models import BERT4Rec, build_model, fold_item_bias, last_hidden
+from recattn_jax.models import BERT4Rec, last_hidden
+from tests.helpers import make_encoder, score_items
 
 NUM_ITEMS, MASK = 40, 41
 
 
 def make_model(positions="end", max_len=12, **overrides):
   """A tiny BERT4Rec; the reference engine compiles fastest (engines are compared below)."""
-  config = get_default_config().model
-  config.name = "bert4rec"
-  config.embed_dim, config.num_heads, config.ff_dim, config.positions = 16, 2, 32, positions
-  config.attention_impl = "reference"
-  config.update(overrides)
-  return build_model(config, num_items=NUM_ITEMS, max_len=max_len)
+  fields = dict(embed_dim=16, num_heads=2, ff_dim=32, positions=positions,
+                attention_impl="reference")
+  return make_encoder("bert4rec", num_items=NUM_ITEMS, max_len=max_len, **{**fields, **overrides})
 
 
 def test_shapes_mask_id_and_scores_with_bias():
@@ -34,11 +31,12 @@ def test_shapes_mask_id_and_scores_with_bias():
   table = model.apply(params, method="item_embeddings")
   bias = model.apply(params, method="item_bias")
   assert table.shape == (NUM_ITEMS + 1, 16) and bias.shape == (NUM_ITEMS + 1,)
-  params = {"params": {**params["params"], "output_bias": jnp.linspace(-1, 1, NUM_ITEMS + 1)}}
-  logits = model.apply(params, hidden, method="score_items")
+  bias = jnp.linspace(-1, 1, NUM_ITEMS + 1)
+  params = {"params": {**params["params"], "output_bias": bias}}
+  logits = score_items(model, params, hidden)
   assert logits.shape == (2, 12, NUM_ITEMS + 1) and np.all(logits[..., 0] < -1e29)
-  users, folded = fold_item_bias(hidden, table, params["params"]["output_bias"])
-  np.testing.assert_allclose(logits[..., 1:], (users @ folded.T)[..., 1:], rtol=1e-5, atol=1e-5)
+  expected = np.asarray(hidden, np.float64) @ np.asarray(table, np.float64).T + np.asarray(bias)
+  np.testing.assert_allclose(logits[..., 1:], expected[..., 1:], rtol=1e-5, atol=1e-5)
   no_bias = make_model(output_bias=False)
   assert "output_bias" not in jax.eval_shape(no_bias.init, jax.random.key(0), items)["params"]
 
@@ -104,7 +102,7 @@ def test_engines_agree_on_bidirectional_packed_attention():
 
 def test_mask_last_training_matches_the_evaluation_layout():
   """Train on "mask the newest event" examples, then score the same users through eval batches."""
-  model = make_model(dropout=0.0, num_layers=1)
+  model = make_model(dropout_rate=0.0, num_layers=1)
   rng = np.random.default_rng(0)
   seqs = [rng.integers(1, NUM_ITEMS + 1, size=n) for n in (4, 6, 9, 12, 15, 5, 7, 8)]
   batch = next(iter(train_dataset(seqs, max_len=12, batch_size=8, seed=0, objective="cloze",
@@ -114,7 +112,7 @@ def test_mask_last_training_matches_the_evaluation_layout():
   opt_state = optimizer.init(params)
 
   def loss_fn(p):
-    logits = model.apply(p, model.apply(p, batch["inputs"]), method="score_items")
+    logits = score_items(model, p, model.apply(p, batch["inputs"]))
     weight = batch["targets"] > 0
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     return jnp.sum(ce * weight) / weight.sum()
@@ -142,20 +140,20 @@ def test_mask_last_training_matches_the_evaluation_layout():
   @jax.jit
   def predict(p, inputs):
     users = last_hidden(model.apply(p, inputs), inputs)
-    return jnp.argmax(model.apply(p, users, method="score_items"), axis=-1)
+    return jnp.argmax(score_items(model, p, users), axis=-1)
 
   assert np.mean(np.asarray(predict(params, jnp.asarray(inputs))) == targets) >= 0.75
 
 
 @pytest.mark.parametrize("name", ["bert4rec", "hstu"])
 def test_item_representation_reaches_the_item_encoder(name):
-  """`model.item_representation` and build_model's `item_features` switch the shared table."""
-  config = get_default_config().model
-  config.name, config.embed_dim, config.num_heads, config.ff_dim = name, 16, 2, 32
-  config.item_representation = "content"
+  """`model.<name>.item_representation` and build_encoder's `item_features` switch the shared table."""
   year = np.r_[0, np.arange(NUM_ITEMS) % 4 + 1]
   features = ItemFeatures(categorical={"year": year}, vocab_sizes={"year": 5})
-  model = build_model(config, num_items=NUM_ITEMS, max_len=12, item_features=features)
+  fields = dict(embed_dim=16, num_heads=2, item_representation="content")
+  if name == "bert4rec":
+    fields["ff_dim"] = 32
+  model = make_encoder(name, num_items=NUM_ITEMS, max_len=12, item_features=features, **fields)
   items = jnp.ones((1, 12), jnp.int32)
   params = jax.eval_shape(model.init, jax.random.key(0), items)["params"]
   assert "embedding" not in params["item_embed"]  # no id rows: the table comes from features

@@ -1,13 +1,14 @@
-"""Every shipped config loads, keeps the default schema, and names its run command."""
+"""Every shipped config loads by name, keeps the default schema, passes the checks, and names its run command."""
 
 import importlib.util
 import pathlib
 
 import pytest
 
-from recattn_jax.config import get_default_config
+from recattn_jax import configs
+from recattn_jax.config import check_config, get_default_config
 
-CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+CONFIGS = [configs.path(name) for name in configs.names()]
 
 
 def _flat_keys(config, prefix=""):
@@ -25,4 +26,12 @@ def test_config_loads_with_default_schema(path):
   spec.loader.exec_module(module)
   config = module.get_config()
   assert _flat_keys(config) == _flat_keys(get_default_config())
-  assert f"--config configs/{path.name}" in module.__doc__
+  check_config(config)
+  assert f"--config {path.stem}" in module.__doc__
+
+
+def test_shipped_configs_are_found_by_name():
+  assert "sasrec_ml100k" in configs.names() and len(configs.names()) == len(CONFIGS) >= 13
+  assert configs.path("hstu_ml100k") == configs.path("hstu_ml100k.py")
+  with pytest.raises(ValueError, match="no shipped config 'sasrec_ml1m'"):
+    configs.path("sasrec_ml1m")

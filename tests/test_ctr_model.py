@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pandas as pd
@@ -10,9 +9,11 @@ import pytest
 
 from recattn_jax.data.ctr import build_pointwise_data
 from recattn_jax.evaluation.ctr import auc, item_mean_baseline, rmse
-from recattn_jax.models.ctr import TargetAttentionModel, build_pointwise_model
+from recattn_jax.config import get_default_config
+from recattn_jax.data.ctr import batches
+from recattn_jax.models import TargetAttentionModel, build_pointwise_model
 from recattn_jax.training import pointwise_task
-from recattn_jax.training.steps import make_mesh
+from recattn_jax.training.steps import init_state, make_mesh, make_train_step
 from tests.helpers import preference_frame
 
 
@@ -77,34 +78,40 @@ def test_errors():
     model.init(jax.random.PRNGKey(0), users, history, items)
   with pytest.raises(ValueError, match="max_len"):
     small_model("ctr", 20, 4, max_len=4).init(jax.random.PRNGKey(0), users, history, items)
-  config = ml_collections.ConfigDict(dict(name="sasrec", embed_dim=16, num_layers=1, num_heads=1,
-                                          ff_dim=16, dropout=0.0, attention_impl="auto"))
-  with pytest.raises(ValueError, match="model.name"):
+  config = get_default_config().model
+  with pytest.raises(ValueError, match="model.name='sasrec' is not a known click/rating model"):
     build_pointwise_model(config, task="ctr", num_items=5, num_users=2, max_len=4)
   config.name = "bst"
-  config.num_layers = 0
-  with pytest.raises(ValueError, match="model.num_layers"):
-    build_pointwise_model(config, task="ctr", num_items=5, num_users=2, max_len=4)
-  config.num_layers = 2
+  config.bst.update(embed_dim=16, num_heads=1, ff_dim=16, dropout_rate=0.0, num_layers=0)
+  users, history, items, _ = inputs(l=4, n=5)
+  with pytest.raises(ValueError, match="model.bst.num_layers"):
+    build_pointwise_model(config, task="ctr", num_items=5, num_users=2, max_len=4).init(
+        jax.random.PRNGKey(0), users, history, items)
+  config.bst.num_layers = 2
   model = build_pointwise_model(config, task="rating", num_items=5, num_users=2, max_len=4,
                                 global_mean=3.0)
   assert model.num_layers == 2 and model.global_mean == 3.0 and model.task == "rating"
+  config.bst.dropout = 0.1  # a misspelt field names itself and the allowed ones
+  with pytest.raises(ValueError, match=r"model.bst: unknown field\(s\) \['dropout'\]; allowed: .*dropout_rate"):
+    build_pointwise_model(config, task="ctr", num_items=5, num_users=2, max_len=4)
   with pytest.raises(ValueError, match="task"):
     pointwise_task.pointwise_loss("ranking", jnp.zeros(2), jnp.zeros(2))
 
 
 def train(model, task, data, *, steps, batch_size=64, lr=1e-2, mesh=None, seed=0):
+  """Shuffled epochs of full batches through the library's one train step."""
+  mesh = mesh or make_mesh(1)
   optimizer = optax.adamw(lr, weight_decay=1e-4)
   arrays = data.train.arrays()
   example = {k: v[:batch_size] for k, v in arrays.items()}
-  state = pointwise_task.init_pointwise_state(model, optimizer, example, seed=seed, mesh=mesh)
-  step = pointwise_task.make_pointwise_train_step(model, optimizer, task, mesh=mesh)
+  state = init_state(pointwise_task.init_params(model, example), optimizer, seed=seed, mesh=mesh)
+  step = make_train_step(pointwise_task.batch_loss(model, task), optimizer, mesh, state)
   per_epoch = len(data.train) // batch_size
-  epochs = -(-steps // per_epoch)
   losses = []
-  state = pointwise_task.train_epochs(step, state, arrays, batch_size=batch_size,
-                                      num_epochs=epochs, seed=seed,
-                                      on_step=lambda i, m: losses.append(float(m["loss"])))
+  for epoch in range(-(-steps // per_epoch)):
+    for batch in batches(arrays, batch_size, shuffle=True, seed=seed + epoch, drop_remainder=True):
+      state, metrics = step(state, batch)
+      losses.append(float(metrics["loss"]))
   return state, losses
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recattn_jax.attention import MaskSpec
+from recattn_jax.attention import MaskSpec, attention_fn
 from recattn_jax.evaluation.topk import top_k_items
 from recattn_jax.explain import (Explanation, attention_over_history, attention_weights_by_layer,
                                  plot_attention_heatmap)
@@ -16,7 +16,7 @@ from recattn_jax.models.transformer import (MultiHeadSelfAttention, TransformerB
 
 def test_captured_weights_are_the_attention_the_block_computes():
   """Rows sum to 1 over visible keys, 0 on padding and future keys, and weights @ v is the output."""
-  mha = MultiHeadSelfAttention(features=8, num_heads=2, attention_impl="blockwise")
+  mha = MultiHeadSelfAttention(features=8, num_heads=2, attention_fn=attention_fn("blockwise"))
   x = jax.random.normal(jax.random.key(0), (2, 6, 8))
   valid = jnp.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], bool)  # left and right padding
   mask = MaskSpec(causal=True, kv_valid=valid)
@@ -139,16 +139,15 @@ def test_recommend_lists_match_the_explanations(sasrec):
 
 
 def _bert4rec_and_context_models():
-  from recattn_jax.config import get_default_config  # pylint: disable=g-import-not-at-top
   from recattn_jax.data.social import UserProfiles  # pylint: disable=g-import-not-at-top
-  from recattn_jax.models import build_model, init_encoder  # pylint: disable=g-import-not-at-top
+  from recattn_jax.models import init_encoder  # pylint: disable=g-import-not-at-top
+  from tests.helpers import make_encoder  # pylint: disable=g-import-not-at-top
   profiles = UserProfiles(items=np.array([[0, 0], [4, 5], [9, 0]], np.int32),
                           weights=np.array([[0, 0], [0.5, 0.5], [1, 0]], np.float32))
   out = []
   for name, user_profiles in (("bert4rec", None), ("sasrec", profiles)):
-    config = get_default_config().model
-    config.name, config.embed_dim, config.num_heads, config.ff_dim = name, 16, 2, 32
-    model = build_model(config, num_items=30, max_len=8, user_profiles=user_profiles)
+    model = make_encoder(name, num_items=30, max_len=8, user_profiles=user_profiles, embed_dim=16,
+                         num_heads=2, ff_dim=32)
     params = init_encoder(model, jax.random.key(7), 8)
     # Non-zero output bias / context projection, so that leaving either out would show.
     params = jax.tree_util.tree_map_with_path(

@@ -6,25 +6,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recattn_jax.attention import MaskSpec
-from recattn_jax.config import get_default_config
+from recattn_jax.attention import MaskSpec, attention_fn
 from recattn_jax.data.pipeline import eval_batches, train_dataset
 from recattn_jax.data.preprocess import build_sequences, leave_one_out
-from recattn_jax.models import HSTU, build_model, last_hidden
+from recattn_jax.models import HSTU, last_hidden
 from recattn_jax.models.hstu import HSTUBlock, RelativeBias, time_buckets
+from tests.helpers import make_encoder
 
 NUM_ITEMS = 40
 
 
 def make_model(positions="end", max_len=12, **overrides):
   """A tiny HSTU; the reference engine is the cheapest to run op by op (engines compared below)."""
-  config = get_default_config().model
-  config.name = "hstu"
-  config.embed_dim, config.num_heads, config.positions = 16, 2, positions
-  config.attention_impl = "reference"
-  config.num_time_buckets = 16
-  config.update(overrides)
-  return build_model(config, num_items=NUM_ITEMS, max_len=max_len)
+  fields = dict(embed_dim=16, num_heads=2, positions=positions, attention_impl="reference",
+                num_time_buckets=16)
+  return make_encoder("hstu", num_items=NUM_ITEMS, max_len=max_len, **{**fields, **overrides})
 
 
 def _layer_norm(x, p, eps=1e-6):
@@ -87,13 +83,13 @@ def test_block_and_bias_match_a_numpy_reference(per_head):
 
   mask = MaskSpec(causal=True, kv_valid=jnp.asarray(valid))
   row_scale = rng.uniform(0.2, 2.0, size=(batch, length)).astype(np.float32)
-  block = HSTUBlock(dim, heads, dropout_rate=0.0, attention_impl="reference")
+  block = HSTUBlock(dim, heads, dropout_rate=0.0, attention_fn=attention_fn("reference"))
   args = (jnp.asarray(x), mask, bias, jnp.asarray(valid), True, jnp.asarray(row_scale))
   params = block.init(jax.random.key(1), *args)
   want = _numpy_block(jax.tree.map(np.asarray, params["params"]), x.astype(np.float64), want_bias,
                       valid, heads, row_scale)
   for impl in ("reference", "blockwise"):
-    got = HSTUBlock(dim, heads, dropout_rate=0.0, attention_impl=impl).apply(params, *args)
+    got = HSTUBlock(dim, heads, dropout_rate=0.0, attention_fn=attention_fn(impl)).apply(params, *args)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 

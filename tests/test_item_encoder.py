@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +14,10 @@ from recattn_jax.config import get_default_config
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.data.pipeline import eval_batches, train_dataset
 from recattn_jax.evaluation import metrics_from_ranks
-from recattn_jax.models import SASRec
+from recattn_jax.models import SASRec, init_encoder
 from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.training.steps import (init_state, make_mesh, make_optimizer, make_rank_step,
-                                        make_train_step, shard_batch)
+                                        make_train_step, next_item_loss, shard_batch)
 
 N = 12
 D = 16
@@ -157,7 +158,7 @@ def test_bad_configurations_raise():
     init(ItemEncoder(20, D, item_features=tiny_features(), representation="both"))
   with pytest.raises(ValueError, match="13 rows but the model has num_items=20"):
     init(ItemEncoder(20, D, item_features=tiny_features()))  # even when unused
-  with pytest.raises(ValueError, match="not divisible by content_heads=3"):
+  with pytest.raises(ValueError, match="not divisible by num_heads=3"):
     init(ItemEncoder(N, D, item_features=tiny_features(), representation="content",
                      content_heads=3))
 
@@ -216,8 +217,8 @@ def train_and_rank(representation, num_items, train, histories, targets, feature
                  ff_dim=32, dropout_rate=0.1, attention_impl="xla", item_features=features,
                  item_representation=representation)
   optimizer = make_optimizer(config.train, steps)
-  state = init_state(model, optimizer, seed=0, max_len=8, mesh=mesh)
-  train_step = make_train_step(model, optimizer, mesh, state)
+  state = init_state(functools.partial(init_encoder, model, max_len=8), optimizer, seed=0, mesh=mesh)
+  train_step = make_train_step(next_item_loss(model), optimizer, mesh, state)
   batches = iter(train_dataset(train, max_len=8, batch_size=32, seed=0))
   for _ in range(steps):
     state, _ = train_step(state, shard_batch(next(batches), mesh))

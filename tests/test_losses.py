@@ -204,7 +204,7 @@ def test_gbce_beta_endpoints_and_bce_relation():
   w = jnp.asarray(weight_of(targets))
   np.testing.assert_allclose(losses.gbce_loss(hidden, table, targets, negatives, w, t=0.0) * 3,
                              losses.bce_loss(hidden, table, targets, negatives, w), rtol=1e-6)
-  with pytest.raises(ValueError, match="train.gbce_t"):
+  with pytest.raises(ValueError, match="train.loss.gbce.t"):
     losses.gbce_beta(3, 7, 1.5)
 
 
@@ -254,7 +254,7 @@ def test_samplers():
 @pytest.mark.parametrize("name,kwargs", [
     ("softmax", {}), ("sampled_softmax", {"negative_sampler": "uniform", "num_negatives": 4}),
     ("sampled_softmax", {"negative_sampler": "in_batch"}), ("bce", {}),
-    ("gbce", {"num_negatives": 3, "gbce_t": 0.5})])
+    ("gbce", {"num_negatives": 3, "t": 0.5})])
 def test_next_item_loss_fn_jits_and_differentiates(name, kwargs):
   hidden, table, targets = problem(12)
   hidden, table = f32(hidden), f32(table)
@@ -277,14 +277,16 @@ def test_uniform_sampled_softmax_matches_manual_negatives():
 
 
 def test_config_errors_name_the_field():
-  with pytest.raises(ValueError, match="train.loss"):
+  with pytest.raises(ValueError, match="train.loss.name='hinge' is not a known loss"):
     losses.next_item_loss_fn("hinge")
-  with pytest.raises(ValueError, match="train.negative_sampler"):
+  with pytest.raises(ValueError, match="train.loss.sampled_softmax.negative_sampler"):
     losses.next_item_loss_fn("sampled_softmax", negative_sampler="popularity")
-  with pytest.raises(ValueError, match="train.num_negatives"):
+  with pytest.raises(ValueError, match="train.loss.bce.num_negatives"):
     losses.next_item_loss_fn("bce", num_negatives=0)
-  with pytest.raises(ValueError, match="train.gbce_t"):
-    losses.next_item_loss_fn("gbce", gbce_t=-0.1)
+  with pytest.raises(ValueError, match="train.loss.gbce.t"):
+    losses.next_item_loss_fn("gbce", t=-0.1)
+  with pytest.raises(ValueError, match=r"train.loss.gbce: unknown field\(s\) \['gbce_t'\]"):
+    losses.next_item_loss_fn("gbce", gbce_t=0.5)
 
 
 def test_softmax_item_mask_restricts_the_catalogue_and_other_losses_refuse_it():

@@ -5,19 +5,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recattn_jax.models.matchers import PADDING_SCORE, TargetAttention, dot_product_scores
+from recattn_jax.attention import attention_fn
+from recattn_jax.models.matchers import TargetAttention
+from recattn_jax.models.scoring import catalogue_logits
 
 
-def test_dot_product_scores():
+def test_catalogue_dot_products_mask_padding():
   rng = np.random.default_rng(0)
   users = rng.normal(size=(3, 4)).astype(np.float32)
   table = rng.normal(size=(6, 4)).astype(np.float32)
-  np.testing.assert_allclose(dot_product_scores(users, table), users @ table.T, rtol=1e-5)
-  masked = np.asarray(dot_product_scores(users, table, mask_padding=True))
-  assert np.all(masked[:, 0] == PADDING_SCORE)
-  np.testing.assert_allclose(masked[:, 1:], (users @ table.T)[:, 1:], rtol=1e-5)
-  with pytest.raises(ValueError, match="users"):
-    dot_product_scores(users, table[:, :3])
+  scores = np.asarray(catalogue_logits(jnp.asarray(users), jnp.asarray(table)))
+  assert scores.dtype == np.float32 and np.all(scores[:, 0] == np.float32(-1e30))
+  np.testing.assert_allclose(scores[:, 1:], (users @ table.T)[:, 1:], rtol=1e-5)
+  with pytest.raises((TypeError, ValueError)):
+    catalogue_logits(jnp.asarray(users), jnp.asarray(table[:, :3]))
 
 
 def inputs(seed=0, b=3, c=2, l=6, d=8):
@@ -42,7 +43,7 @@ def manual_z(params, history, weights):
 @pytest.mark.parametrize("impl", ["reference", "xla", "blockwise"])
 def test_weights_are_what_attend_used(num_heads, impl):
   candidates, history, valid = inputs()
-  module = TargetAttention(num_heads=num_heads, attention_impl=impl)
+  module = TargetAttention(num_heads=num_heads, attention_fn=attention_fn(impl))
   params = module.init(jax.random.PRNGKey(0), candidates, history, valid)
   z, weights = module.apply(params, candidates, history, valid, return_weights=True)
   assert z.shape == (3, 2, 8) and weights.shape == (3, 2, num_heads, 6)
@@ -59,7 +60,7 @@ def test_weights_are_what_attend_used(num_heads, impl):
 
 def test_padded_history_entries_do_not_matter():
   candidates, history, valid = inputs(1)
-  module = TargetAttention(num_heads=2, attention_impl="reference")
+  module = TargetAttention(num_heads=2, attention_fn=attention_fn("reference"))
   params = module.init(jax.random.PRNGKey(1), candidates, history, valid)
   noisy = history.at[0, :2].set(50.0)
   np.testing.assert_allclose(module.apply(params, candidates, history, valid),
@@ -68,7 +69,7 @@ def test_padded_history_entries_do_not_matter():
 
 def test_single_candidate_and_feature_width():
   candidates, history, valid = inputs(2)
-  module = TargetAttention(num_heads=2, features=4, attention_impl="reference")
+  module = TargetAttention(num_heads=2, features=4, attention_fn=attention_fn("reference"))
   params = module.init(jax.random.PRNGKey(2), candidates[:, 0], history, valid)
   z, weights = module.apply(params, candidates[:, 0], history, valid, return_weights=True)
   assert z.shape == (3, 4) and weights.shape == (3, 2, 6)
@@ -78,7 +79,7 @@ def test_single_candidate_and_feature_width():
 
 def test_candidates_are_independent():
   candidates, history, valid = inputs(3)
-  module = TargetAttention(attention_impl="reference")
+  module = TargetAttention(attention_fn=attention_fn("reference"))
   params = module.init(jax.random.PRNGKey(3), candidates, history, valid)
   z = module.apply(params, candidates, history, valid)
   z1 = module.apply(params, candidates[:, 1:], history, valid)

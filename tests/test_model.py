@@ -5,14 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recattn_jax.config import get_default_config
-from recattn_jax.models import build_model, last_hidden, positions_in_sequence
+from recattn_jax.models import last_hidden, positions_in_sequence
+from tests.helpers import make_encoder
 
 
-def make_model(positions="start", max_len=12):
-  config = get_default_config().model
-  config.embed_dim, config.num_heads, config.ff_dim, config.positions = 16, 2, 32, positions
-  return build_model(config, num_items=40, max_len=max_len)
+def make_model(positions="start", max_len=12, **fields):
+  return make_encoder("sasrec", num_items=40, max_len=max_len, embed_dim=16, num_heads=2,
+                      ff_dim=32, positions=positions, **fields)
 
 
 def test_output_shapes_and_padding_zeroed_before_final_norm():
@@ -130,11 +129,8 @@ def test_cache_refuses_positions_counted_from_the_end():
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_matches():
-  config = get_default_config().model
-  config.embed_dim, config.num_heads, config.ff_dim = 16, 2, 32
-  fp32 = build_model(config, num_items=40, max_len=12)
-  config.dtype = "bfloat16"
-  bf16 = build_model(config, num_items=40, max_len=12)
+  fp32 = make_model("end")
+  bf16 = make_model("end", dtype="bfloat16")
   items = jnp.asarray(np.random.default_rng(0).integers(0, 41, size=(4, 12)))
   params = fp32.init(jax.random.key(0), items)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(bf16.init(jax.random.key(0), items)))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from recattn_jax.data.pipeline import eval_batches, next_item_example, pad_to, train_dataset
+from recattn_jax.data.pipeline import eval_batches, pad_to, train_dataset
 
 SEQS = [np.arange(1, n + 1) + 100 * i for i, n in enumerate([2, 3, 5, 8, 13, 4, 6, 7, 9, 2])]
 
@@ -16,13 +16,16 @@ def test_pad_to_keeps_newest_events_on_either_side():
     pad_to([1], 3, "middle")
 
 
-def test_next_item_example_shifts_by_one():
-  ex = next_item_example(np.array([7, 8, 9, 10]), 5, "left")
-  np.testing.assert_array_equal(ex["inputs"], [0, 0, 7, 8, 9])
-  np.testing.assert_array_equal(ex["targets"], [0, 0, 8, 9, 10])
-  ex = next_item_example(np.array([7, 8, 9, 10]), 2, "right")
-  np.testing.assert_array_equal(ex["inputs"], [8, 9])
-  np.testing.assert_array_equal(ex["targets"], [9, 10])
+def test_next_item_examples_shift_by_one():
+  def first(max_len, padding):
+    return next(iter(train_dataset([np.array([7, 8, 9, 10])], max_len=max_len, batch_size=1,
+                                   seed=0, padding=padding)))
+  ex = first(5, "left")
+  np.testing.assert_array_equal(ex["inputs"][0], [0, 0, 7, 8, 9])
+  np.testing.assert_array_equal(ex["targets"][0], [0, 0, 8, 9, 10])
+  ex = first(2, "right")
+  np.testing.assert_array_equal(ex["inputs"][0], [8, 9])
+  np.testing.assert_array_equal(ex["targets"][0], [9, 10])
 
 
 def _example_ids(batches):
@@ -101,9 +104,9 @@ def test_packed_stream_batches_and_resumes():
 
 
 def test_windows_cover_every_target_once():
-  from recattn_jax.data.pipeline import rows_per_pass, windows
+  from recattn_jax.data.pipeline import _window_slices, rows_per_pass
   seq = np.arange(1, 12)
-  cut = windows(seq, 4)
+  cut = [seq[s] for s in _window_slices(len(seq), 4)]
   assert [list(w) for w in cut] == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3]]
   assert sorted(t for w in cut for t in w[1:]) == list(range(2, 12))
   assert rows_per_pass([seq], max_len=4, seed=0, pack=False, all_windows=True) == 3

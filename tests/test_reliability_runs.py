@@ -57,15 +57,19 @@ def run_copy(finished_run, tmp_path):
     ("train.num_epochs", 0, "integer >= 1"),
     ("train.num_epochs", -1, "integer >= 1"),
     ("train.learning_rate", -0.1, "> 0"),
-    ("model.dropout", 1.5, ">= 0 and < 1"),
+    ("model.sasrec.dropout_rate", 1.5, ">= 0 and < 1"),
+    ("train.loss.gbce.num_negatives", 0, "integer >= 1"),
     ("train.keep_checkpoints", 1, ">= 2"),
     ("data.valid_quantile", 1.2, "> 0 and < 1"),
     ("train.nan_policy", "ignore", "one of ['raise', 'skip']"),
 ])
 def test_out_of_range_fields_fail_before_any_work(data_file, tmp_path, field, value, allowed):
   config = tiny_config(data_file)
-  section, key = field.split(".")
-  config[section][key] = value
+  *sections, key = field.split(".")
+  node = config
+  for section in sections:
+    node = node[section]
+  node[key] = value
   with pytest.raises(ConfigError, match=f"{field}={value!r} must be") as e:
     loop.train_and_evaluate(config, tmp_path / "workdir")
   assert allowed in str(e.value)
@@ -82,11 +86,12 @@ def test_eval_ks_must_be_distinct_positive_integers(ks):
 
 def test_every_problem_is_listed_at_once():
   config = get_default_config()
-  config.train.batch_size, config.data.max_len, config.model.num_heads = 0, 0, 3
+  config.train.batch_size, config.data.max_len, config.model.hstu.num_heads = 0, 0, 3
   with pytest.raises(ConfigError) as e:
     check_config(config)
-  assert all(name in str(e.value) for name in ("train.batch_size", "data.max_len",
-                                               "model.embed_dim=64 must be divisible"))
+  assert all(name in str(e.value) for name in (
+      "train.batch_size", "data.max_len",
+      "model.hstu.embed_dim=64 must be divisible by model.hstu.num_heads=3"))
 
 
 def test_rating_task_refuses_ratings_outside_the_range(tmp_path):

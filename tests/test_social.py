@@ -10,9 +10,9 @@ from recattn_jax.data.pipeline import eval_batches, train_dataset
 from recattn_jax.data.preprocess import build_sequences, leave_one_out
 from recattn_jax.data.readers import DataFormatError
 from recattn_jax.data.social import UserProfiles, friend_profiles, read_friend_graph
-from recattn_jax.models import build_model, init_encoder, last_hidden
+from recattn_jax.models import init_encoder, last_hidden
 from recattn_jax.training.loop import train_and_evaluate
-from tests.helpers import tiny_config
+from tests.helpers import make_encoder, tiny_config
 
 
 def _split(histories: dict[str, list[int]]):
@@ -100,10 +100,10 @@ def _profiles(num_users=3, num_items=40, seed=0):
 
 
 def _model(name, profiles):
-  config = get_default_config().model
-  config.name = name
-  config.embed_dim, config.num_heads, config.ff_dim, config.positions = 16, 2, 32, "start"
-  return build_model(config, num_items=40, max_len=12, user_profiles=profiles)
+  fields = dict(embed_dim=16, num_heads=2, positions="start")
+  if name != "hstu":
+    fields["ff_dim"] = 32
+  return make_encoder(name, num_items=40, max_len=12, user_profiles=profiles, **fields)
 
 
 def _trained_projection(params, seed=1):

@@ -23,7 +23,7 @@ def ratings(tmp_path_factory):
     ("bert4rec", dict(mask_prob=0.3, last_item_prob=0.2)),
     ("hstu", {}),
     ("sasrec", dict(loss="bce")),
-    ("sasrec", dict(loss="sampled_softmax", negative_sampler="in_batch")),
+    ("sasrec", dict(loss="sampled_softmax", loss_fields={"negative_sampler": "in_batch"})),
 ])
 def test_ranking_encoders_and_losses_beat_popularity(sequences, tmp_path, model, overrides):
   config = tiny_config(sequences, **{"num_epochs": 8, **overrides})
@@ -43,7 +43,7 @@ def _pointwise_config(path, task):
   config.task = task
   config.data.format = "movielens"
   config.model.name = "din"
-  config.model.dropout = 0.0
+  config.model.din.dropout_rate = 0.0
   config.eval.batch_size = 64
   return config
 
@@ -68,7 +68,7 @@ def test_rating_task_beats_item_mean_and_stops_on_lowest_rmse(ratings, tmp_path)
 def test_unknown_task_is_named(sequences, tmp_path):
   config = tiny_config(sequences)
   config.task = "clicks"
-  with pytest.raises(ValueError, match="task must be one of"):
+  with pytest.raises(ValueError, match="task='clicks' is not a known task"):
     train_and_evaluate(config, tmp_path)
 
 
@@ -78,7 +78,8 @@ def test_config_mistakes_fail_before_training(sequences, ratings, tmp_path):
   with pytest.raises(ValueError, match="early_stopping_metric='NDCG@10' is not a metric of task='ctr'"):
     train_and_evaluate(config, tmp_path)
   config = tiny_config(sequences, loss="bce", negatives="trained")
-  with pytest.raises(ValueError, match="train.negatives='trained' needs train.loss='softmax'"):
+  with pytest.raises(ValueError, match="train.negatives='trained' needs a loss registered with "
+                                       "item_mask=True"):
     train_and_evaluate(config, tmp_path)
   config = _pointwise_config(ratings, "rating")
   config.data.split = "time"

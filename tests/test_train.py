@@ -82,7 +82,7 @@ def test_four_devices_give_the_one_device_loss_curve(data_file, tmp_path):
   curves = {}
   for devices in (1, 4):
     config = tiny_config(data_file, num_devices=devices, num_epochs=2)
-    config.model.dropout = 0.0
+    config.model.sasrec.dropout_rate = 0.0
     loop.train_and_evaluate(config, tmp_path / str(devices))
     curves[devices] = [r["loss"] for r in read_metrics(tmp_path / str(devices)) if r["split"] == "train"]
   assert len(curves[1]) > 5

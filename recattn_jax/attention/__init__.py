@@ -8,13 +8,13 @@ return zeros (never NaN). See docs/attention.md for the engines and `auto`.
 """
 
 from recattn_jax.attention.api import (IMPLEMENTATIONS, KINDS, POINTWISE_IMPLEMENTATIONS,
-                                       attend, select_implementation)
+                                       AttentionFn, attend, attention_fn, select_implementation)
 from recattn_jax.attention.blockwise import blockwise_attention, blockwise_stats
 from recattn_jax.attention.mask import BlockSparse, MaskSpec, dense_mask, visible_rows
 from recattn_jax.attention.pointwise import pointwise_normalizer
 
 __all__ = [
-    "IMPLEMENTATIONS", "KINDS", "POINTWISE_IMPLEMENTATIONS", "BlockSparse", "MaskSpec",
-    "attend", "blockwise_attention", "blockwise_stats", "dense_mask", "pointwise_normalizer",
+    "IMPLEMENTATIONS", "KINDS", "POINTWISE_IMPLEMENTATIONS", "AttentionFn", "BlockSparse", "MaskSpec",
+    "attend", "attention_fn", "blockwise_attention", "blockwise_stats", "dense_mask", "pointwise_normalizer",
     "select_implementation", "visible_rows",
 ]

@@ -10,6 +10,7 @@ Every engine in `IMPLEMENTATIONS` computes softmax attention; the engines in
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -124,3 +125,19 @@ def attend(
   if bias is not None:
     bias = jnp.asarray(bias)
   return registry[name](q, k, v, mask=mask, bias=bias, scale=scale)
+
+
+AttentionFn = Callable[..., jax.Array]  # attend's signature: (q, k, v, *, mask, bias, scale, kind)
+
+
+@functools.lru_cache(maxsize=None)
+def attention_fn(implementation: str = "auto") -> AttentionFn:
+  """`attend` bound to one engine, for modules that take an `attention_fn` (Flax's idiom).
+
+  The same name gives the same function object, so modules built from equal
+  configs compare equal.
+  """
+  if implementation != "auto" and implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation must be 'auto' or one of "
+                     f"{sorted(IMPLEMENTATIONS)}, got {implementation!r}")
+  return functools.partial(attend, implementation=implementation)

@@ -31,6 +31,9 @@ from recattn_jax.data.preprocess import time_split_by_quantile
 from recattn_jax.data.readers import DataFormatError
 from recattn_jax.data.readers import detect_format
 from recattn_jax.data.readers import FORMATS
+from recattn_jax.data.readers import READERS
+from recattn_jax.data.readers import item_titles
+from recattn_jax.data.loading import load_interactions
 from recattn_jax.data.readers import INTERACTION_COLUMNS
 from recattn_jax.data.readers import read_interactions
 from recattn_jax.data.readers import read_item_attributes_json
@@ -53,6 +56,9 @@ __all__ = [
     "EvalSet",
     "fetch_movielens",
     "FORMATS",
+    "READERS",
+    "item_titles",
+    "load_interactions",
     "INTERACTION_COLUMNS",
     "ItemFeatures",
     "kcore_filter",

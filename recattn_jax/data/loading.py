@@ -1,33 +1,73 @@
-"""From a `data` config section to a train/valid/test `Split`."""
+"""From a `data` config section to interactions (`load_interactions`, the one read path) and a `Split`."""
 
 from __future__ import annotations
 
 import pathlib
 
 import ml_collections
+import pandas as pd
 
-from recattn_jax.data import download, features, preprocess, readers, social
+from recattn_jax.data import datasets, features, preprocess, readers, social
 
 SPLITS = ("leave_one_out", "time")
 
 
 def interactions_path(data_config: ml_collections.ConfigDict) -> pathlib.Path:
-  """`data.path` when given, else the cached (downloaded) copy of a named public dataset."""
+  """`data.path` when given, else the named dataset's file (`datasets.resolve`)."""
   if data_config.path:
     path = pathlib.Path(data_config.path).expanduser()
     if not path.exists():
       raise FileNotFoundError(f"data.path={str(path)!r} does not exist")
     return path
-  if data_config.name == "ml-100k":
-    return download.resolve_ml100k()
-  if data_config.name in download.MOVIELENS:
-    return download.fetch_movielens(data_config.name)
-  raise ValueError(f"data.name={data_config.name!r} has no download; set data.path to a local file or folder")
+  return datasets.resolve(data_config.name)
+
+
+def resolve_paths(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `data` whose file fields are absolute: `path` from the name, companions found.
+
+  Companion files (`item_features_path`, `user_friends_path`, ...) may be
+  given relative to the dataset's folder (see `datasets.resolve_companion`).
+  """
+  resolved = ml_collections.ConfigDict(data_config.to_dict())
+  resolved.path = str(interactions_path(data_config).absolute())
+  for key, value in data_config.items():
+    if key.endswith("_path") and key != "path" and value:
+      resolved[key] = str(datasets.resolve_companion(value, key, data_config.name,
+                                                     resolved.path).absolute())
+  return resolved
+
+
+def _column_kwargs(data_config: ml_collections.ConfigDict) -> dict:
+  """`data.columns` as the keyword arguments of a table reader ("" = no such column)."""
+  columns = data_config.columns
+  kwargs = {"user_col": columns.user, "item_col": columns.item,
+            "timestamp_col": columns.time or None, "rating_col": columns.rating or None,
+            "header": columns.header}
+  if columns.delimiter:
+    kwargs["sep"] = columns.delimiter
+  return kwargs
+
+
+def load_interactions(data_config: ml_collections.ConfigDict) -> tuple[pd.DataFrame, pathlib.Path]:
+  """(interactions frame, the path read): every task and tool reads its data through here.
+
+  `data.format` names a registered reader (`readers.READERS`; "auto" guesses
+  from the path); readers registered with `columns=True` (csv, tsv, parquet)
+  take their column names, delimiter and header from `data.columns`.
+  """
+  path = interactions_path(data_config)
+  fmt = data_config.format
+  if fmt == "auto":
+    fmt = readers.detect_format(path, has_columns=path.suffix.lower() in (".csv", ".tsv"))
+  kwargs = _column_kwargs(data_config) if readers.READERS.spec(fmt).get("columns") else {}
+  if fmt == "parquet":
+    kwargs.pop("header", None)
+    kwargs.pop("sep", None)
+  return readers.read_interactions(path, fmt=fmt, **kwargs), path
 
 
 def load_split(data_config: ml_collections.ConfigDict) -> preprocess.Split:
-  path = interactions_path(data_config)
-  frame = readers.read_interactions(path, fmt=data_config.format)
+  frame, path = load_interactions(data_config)
   if data_config.dedupe:
     frame = preprocess.dedupe(frame, keep=data_config.dedupe)
   frame, kcore_stats = preprocess.kcore_filter(frame, user_k=data_config.user_k, item_k=data_config.item_k)
@@ -48,11 +88,11 @@ def load_split(data_config: ml_collections.ConfigDict) -> preprocess.Split:
 def load_user_profiles(data_config: ml_collections.ConfigDict,
                        split: preprocess.Split) -> social.UserProfiles | None:
   """Friend-graph user context aligned with `split` (None unless `data.user_friends_path`)."""
-  path = data_config.get("user_friends_path", "")
+  path = data_config.user_friends_path
   if not path:
     return None
   profiles = social.friend_profiles(split, social.read_friend_graph(path),
-                                    top_k=data_config.get("friend_items", 50))
+                                    top_k=data_config.friend_items)
   split.stats["user_profiles"] = profiles.stats
   return profiles
 

@@ -51,20 +51,6 @@ def pad_to(seq: np.ndarray, length: int, side: str, dtype=np.int32) -> np.ndarra
   return out
 
 
-def next_item_example(seq: np.ndarray, max_len: int, side: str) -> dict[str, np.ndarray]:
-  return {"inputs": pad_to(seq[:-1], max_len, side), "targets": pad_to(seq[1:], max_len, side)}
-
-
-def windows(seq: np.ndarray, max_len: int) -> list[np.ndarray]:
-  """Cuts a long sequence into examples of at most `max_len` predictions, newest first.
-
-  Consecutive windows overlap by one event, so every event of the sequence
-  (but the first) is a target exactly once.
-  """
-  seq = np.asarray(seq, np.int32)
-  return [seq[cut] for cut in _window_slices(len(seq), max_len)]
-
-
 def _window_slices(length: int, max_len: int) -> list[slice]:
   return [slice(max(0, end - max_len - 1), end) for end in range(length, 1, -max_len)]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -33,6 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+
+from recattn_jax.registry import Registry
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating")
 
@@ -523,13 +526,14 @@ def _detect_separator(path: Path) -> str:
 
 def read_table(path: PathLike, *, user_col: str, item_col: str,
                timestamp_col: str | None = None, rating_col: str | None = None,
-               sep: str | None = None) -> pd.DataFrame:
-  """Reads named columns of a headed CSV/TSV, or of a Parquet file (`.parquet`, `.pq`).
+               sep: str | None = None, header: bool = True) -> pd.DataFrame:
+  """Reads named columns of a CSV/TSV, or of a Parquet file (`.parquet`, `.pq`).
 
   Without `timestamp_col` the row position is the time (the file order is the
   sequence order); without `rating_col` ratings are NaN. Ids may be any non-empty
   token. `sep` defaults to the extension's (`.csv` comma, `.tsv` tab), else it is
-  sniffed from the first lines (tab, comma, semicolon or pipe).
+  sniffed from the first lines (tab, comma, semicolon or pipe). Without a
+  `header` line the columns are named by their 0-based position ("0", "1", ...).
   """
   path = Path(path)
   if path.suffix.lower() in (".parquet", ".pq"):
@@ -540,11 +544,15 @@ def read_table(path: PathLike, *, user_col: str, item_col: str,
     raise ValueError(f"sep must be one character, got {sep!r}")
   quote = sep in ",;"
   names = tuple(_header_fields(path, sep, quote))
-  for column in (user_col, item_col, timestamp_col, rating_col):
+  if not header:
+    names = tuple(str(i) for i in range(len(names)))
+  columns = [None if c is None else str(c) for c in (user_col, item_col, timestamp_col, rating_col)]
+  for column in columns:
     if column is not None:
       _require(path, names, column, "column")
+  user_col, item_col, timestamp_col, rating_col = columns
   numbers = tuple(c for c in (rating_col, timestamp_col) if c is not None)
-  layout = _Layout(delimiter=sep, names=names, header=True, quote=quote,
+  layout = _Layout(delimiter=sep, names=names, header=header, quote=quote,
                    ids=(user_col, item_col), numbers=numbers)
   table, parsed = _parse(path, layout)
   return _interactions(table[user_col], table[item_col],
@@ -670,7 +678,7 @@ def read_lastfm(path: PathLike) -> pd.DataFrame:
 # ----------------------------------------------------------------------------
 # Dispatch.
 
-FORMATS = ("movielens", "recbole", "sequence", "csv", "parquet", "lastfm")
+FORMATS = ("movielens", "recbole", "sequence", "csv", "tsv", "parquet", "lastfm")
 
 
 def detect_format(path: PathLike, *, has_columns: bool = False) -> str:
@@ -707,14 +715,15 @@ def detect_format(path: PathLike, *, has_columns: bool = False) -> str:
               f"(one of {FORMATS}) and, for tables, user_col/item_col")
 
 
-_READERS: dict[str, Callable[..., pd.DataFrame]] = {
-    "movielens": read_movielens,
-    "recbole": read_recbole_atomic,
-    "sequence": read_sequence_file,
-    "csv": read_table,
-    "parquet": read_parquet,
-    "lastfm": read_lastfm,
-}
+# Format name -> reader; `columns=True` readers take user_col/item_col/... (`data.columns`).
+READERS = Registry("data format", "data.format")
+READERS.register("movielens")(read_movielens)
+READERS.register("recbole")(read_recbole_atomic)
+READERS.register("sequence")(read_sequence_file)
+READERS.register("csv", columns=True)(read_table)
+READERS.register("tsv", columns=True)(functools.partial(read_table, sep="\t"))
+READERS.register("parquet", columns=True)(read_parquet)
+READERS.register("lastfm")(read_lastfm)
 
 
 def read_interactions(path: PathLike, fmt: str = "auto", **kwargs: Any) -> pd.DataFrame:
@@ -727,6 +736,33 @@ def read_interactions(path: PathLike, fmt: str = "auto", **kwargs: Any) -> pd.Da
   """
   if fmt == "auto":
     fmt = detect_format(path, has_columns="user_col" in kwargs)
-  if fmt not in _READERS:
-    raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS} or 'auto'")
-  return _READERS[fmt](path, **kwargs)
+  if fmt not in READERS:
+    raise ValueError(f"unknown format {fmt!r}; choose one of {READERS.names()} or 'auto'")
+  return READERS.get(fmt)(path, **kwargs)
+
+
+def item_titles(original_ids: np.ndarray, source: str | pathlib.Path) -> np.ndarray:
+  """Display name of each internal item id: the title when the data folder has one.
+
+  Reads a RecBole `.item` file (title and year fields) or GroupLens `u.item`
+  beside the interactions; otherwise the original ids are the names.
+  """
+  source = pathlib.Path(source)
+  folder = source if source.is_dir() else source.parent
+  names = {}
+  recbole = sorted(folder.glob("*.item"))
+  if recbole:
+    frame = read_recbole_item_features(recbole[0])
+    title = next((c for c in frame.columns if "title" in c), None)
+    year = next((c for c in frame.columns if "year" in c), None)
+    if title is not None:
+      for item_id, row in frame.iterrows():
+        text = row[title]
+        text = " ".join(text) if isinstance(text, list) else str(text)
+        names[item_id] = f"{text} ({row[year]})" if year is not None and row[year] else text
+  elif (folder / "u.item").is_file():
+    for line in (folder / "u.item").read_text(encoding="latin-1").splitlines():
+      fields = line.split("|")
+      if len(fields) > 1:
+        names[fields[0]] = fields[1]
+  return np.asarray([names.get(str(i), str(i)) for i in original_ids], dtype=object)

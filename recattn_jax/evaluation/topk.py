@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recattn_jax.data.pipeline import eval_batches
-from recattn_jax.models import last_hidden
+from recattn_jax.models.scoring import scoring_inputs, user_vectors
 
 
 @functools.partial(jax.jit, static_argnames=("k", "item_chunk"))
@@ -86,13 +86,9 @@ def recommend(model, params, histories: Sequence[np.ndarray], *, k: int, max_len
   `users` (user index per history) a model's user context.
   `exclude_seen` drops each user's whole history.
   """
-  # steps imports this module, so its helpers are imported here.
-  from recattn_jax.training.steps import encode, scoring_inputs  # pylint: disable=g-import-not-at-top
-
   @jax.jit
   def step(params, batch):
-    users, table = scoring_inputs(model, params, last_hidden(encode(model, params, batch),
-                                                             batch["inputs"]))
+    users, table = scoring_inputs(model, params, user_vectors(model, params, batch))
     scores, ids = top_k_items(users, table, k, batch["exclude"] if exclude_seen else None,
                               item_chunk=item_chunk)
     return ids, scores
@@ -100,7 +96,7 @@ def recommend(model, params, histories: Sequence[np.ndarray], *, k: int, max_len
   ids, scores = [], []
   targets = np.ones(len(histories), np.int32)  # eval_batches wants targets; unused here
   for batch in eval_batches(histories, targets, max_len=max_len, batch_size=batch_size,
-                            padding=padding, append_mask_id=getattr(model, "mask_id", None),
+                            padding=padding, append_mask_id=model.mask_id,
                             timestamps=timestamps, users=users):
     rows = int(batch["weight"].sum())
     inputs = {key: batch[key] for key in ("inputs", "exclude", "timestamps", "users") if key in batch}

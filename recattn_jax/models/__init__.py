@@ -1,76 +1,82 @@
-"""Flax modules: transformer blocks and user-sequence encoders.
+"""Flax modules: user-sequence encoders, item encoders, matchers, heads, and the click/rating models.
 
-Every encoder maps item ids [B, L] (0 = padding) and optional packing
-`segment_ids` to hidden states [B, L, D] scored against `item_embeddings()`
-[num_items + 1, D]; BERT4Rec adds `item_bias()` (see `fold_item_bias`) and
-reads a mask id, HSTU optional `timestamps`; all take `users` when built with
-`user_profiles` (a per-user context, `user_context.py`).
+Every ranking encoder is a `SequenceEncoder` registered in `ENCODERS`: it maps
+item ids [B, L] (0 = padding) and optional packing `segment_ids` to hidden
+states [B, L, D] scored against `item_embeddings()` [num_items + 1, D] (plus
+`item_bias()` where `has_item_bias`); `scoring.py` turns that into user
+vectors and item tables. `build_encoder` / `build_pointwise_model` make the
+model that `config.model.name` names, from the keyword arguments in
+`config.model.<name>`.
 """
 
-import jax.numpy as jnp
+from typing import Any
+
 import ml_collections
 
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.data.social import UserProfiles
-from recattn_jax.models.bert4rec import BERT4Rec, fold_item_bias
+from recattn_jax.models import bert4rec, ctr, gru4rec, hstu, sasrec  # noqa: F401  (registration)
+from recattn_jax.models.base import (DATA_FIELDS, Encoder, Layout, SequenceEncoder,
+                                     positions_in_sequence)
+from recattn_jax.models.bert4rec import BERT4Rec
+from recattn_jax.models.ctr import BST, DIN, TargetAttentionModel
+from recattn_jax.models.gru4rec import GRU4Rec
 from recattn_jax.models.heads import LinearHead, MLPHead, ResidualMLPHead, build_head
 from recattn_jax.models.hstu import HSTU
 from recattn_jax.models.item_encoder import ItemEncoder
-from recattn_jax.models.matchers import TargetAttention, dot_product_scores
-from recattn_jax.models.sasrec import SASRec, last_hidden, positions_in_sequence
+from recattn_jax.models.matchers import TargetAttention
+from recattn_jax.models.registry import ENCODERS, HEADS, MATCHERS, POINTWISE_MODELS, encoder_spec
+from recattn_jax.models.sasrec import SASRec
+from recattn_jax.models.scoring import (catalogue_logits, encode, fold_item_bias, init_encoder,
+                                        last_hidden, scoring_inputs, user_vectors)
 from recattn_jax.models.user_context import UserContext
+from recattn_jax.registry import check_keywords, keyword_defaults
 
-__all__ = ["BERT4Rec", "HSTU", "ItemEncoder", "LinearHead", "MLPHead", "MODELS", "ResidualMLPHead",
-           "SASRec", "TargetAttention", "UserContext", "UserProfiles", "build_head", "build_model",
-           "dot_product_scores", "fold_item_bias", "init_encoder", "last_hidden", "positions_in_sequence"]
-
-MODELS = ("sasrec", "bert4rec", "hstu")
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def build_model(model_config: ml_collections.ConfigDict, *, num_items: int, max_len: int,
-                item_features: ItemFeatures | None = None,
-                user_profiles: UserProfiles | None = None) -> SASRec | BERT4Rec | HSTU:
-  """The user encoder named by `model.name`; `item_features` feed `model.item_representation`.
-
-  `user_profiles` gives every user a context vector (models/user_context.py).
-  """
-  if model_config.name not in MODELS:
-    raise ValueError(f"model.name={model_config.name!r} is not a known encoder; "
-                     f"known: {list(MODELS)}")
-  if model_config.dtype not in _DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {model_config.dtype!r}")
-  common = dict(
-      num_items=num_items,
-      max_len=max_len,
-      embed_dim=model_config.embed_dim,
-      num_layers=model_config.num_layers,
-      num_heads=model_config.num_heads,
-      dropout_rate=model_config.dropout,
-      positions=model_config.positions,
-      attention_impl=model_config.attention_impl,
-      dtype=_DTYPES[model_config.dtype],
-      item_features=item_features,
-      item_representation=model_config.get("item_representation", "id"),
-      item_id_dropout=model_config.get("item_id_dropout", 0.0),
-      user_profiles=user_profiles,
-  )
-  # Fields only some encoders read; defaults apply to configs that predate them.
-  get = model_config.get
-  if model_config.name == "sasrec":
-    return SASRec(ff_dim=model_config.ff_dim, **common)
-  if model_config.name == "bert4rec":
-    return BERT4Rec(ff_dim=model_config.ff_dim, output_bias=get("output_bias", True), **common)
-  return HSTU(num_position_buckets=get("num_position_buckets", None) or None,
-              num_time_buckets=get("num_time_buckets", 128),
-              time_bucket_step=get("time_bucket_step", 0.301),
-              bias_per_head=get("bias_per_head", False),
-              attention_norm=get("attention_norm", "max_len"), **common)
+__all__ = [
+    "BERT4Rec", "BST", "DIN", "ENCODERS", "Encoder", "GRU4Rec", "HEADS", "HSTU", "ItemEncoder",
+    "Layout", "LinearHead", "MATCHERS", "MLPHead", "POINTWISE_MODELS", "ResidualMLPHead", "SASRec",
+    "SequenceEncoder", "TargetAttention", "TargetAttentionModel", "UserContext", "UserProfiles",
+    "build_encoder", "build_head", "build_pointwise_model", "catalogue_logits", "encode",
+    "encoder_kwargs", "encoder_spec", "fold_item_bias", "init_encoder", "last_hidden",
+    "pointwise_kwargs", "positions_in_sequence", "scoring_inputs", "user_vectors",
+]
 
 
-def init_encoder(model: SASRec | BERT4Rec | HSTU, key, max_len: int):
-  """An encoder's variables from a dummy batch (with `users` when it has a user context)."""
-  dummy = jnp.zeros((1, max_len), jnp.int32)
-  users = dummy if model.user_profiles is not None else None
-  return model.init(key, dummy, users=users)
+def encoder_kwargs(name: str) -> dict[str, Any]:
+  """The configurable fields of encoder `name` with their defaults (`config.model.<name>`)."""
+  return keyword_defaults(ENCODERS.get(name), DATA_FIELDS)
+
+
+def pointwise_kwargs(name: str) -> dict[str, Any]:
+  """The configurable fields of click/rating model `name` with their defaults."""
+  return keyword_defaults(POINTWISE_MODELS.get(name), ctr.DATA_FIELDS)
+
+
+def _section(model_config: ml_collections.ConfigDict, allowed: dict) -> dict:
+  name = model_config.name
+  if name not in model_config:
+    raise ValueError(f"model.name={name!r} but the config has no model.{name} section with its "
+                     f"fields; add one (defaults: {sorted(allowed)})")
+  kwargs = dict(model_config[name])
+  check_keywords(kwargs, allowed, f"model.{name}")
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def build_encoder(model_config: ml_collections.ConfigDict, *, num_items: int, max_len: int,
+                  item_features: ItemFeatures | None = None,
+                  user_profiles: UserProfiles | None = None) -> SequenceEncoder:
+  """The ranking encoder `model.name`, built with `model.<name>`'s fields and the data's sizes."""
+  cls = ENCODERS.get(model_config.name)
+  kwargs = _section(model_config, encoder_kwargs(model_config.name))
+  return cls(num_items=num_items, max_len=max_len, item_features=item_features,
+             user_profiles=user_profiles, **kwargs)
+
+
+def build_pointwise_model(model_config: ml_collections.ConfigDict, *, task: str, num_items: int,
+                          num_users: int, max_len: int, global_mean: float = 0.0,
+                          item_features: Any = None) -> TargetAttentionModel:
+  """The click/rating model `model.name` ("din", "bst") for `task`, from `model.<name>`'s fields."""
+  cls = POINTWISE_MODELS.get(model_config.name)
+  kwargs = _section(model_config, pointwise_kwargs(model_config.name))
+  return cls(num_items=num_items, num_users=num_users, max_len=max_len, task=task,
+             global_mean=float(global_mean), item_features=item_features, **kwargs)

@@ -13,36 +13,24 @@ global mean + user bias + item bias, so the network learns a residual).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from recattn_jax.attention import MaskSpec
+from recattn_jax.attention import MaskSpec, attention_fn
+from recattn_jax.models.base import positions_in_sequence
+from recattn_jax.models.dropout import Dropout
 from recattn_jax.models.heads import build_head
 from recattn_jax.models.item_encoder import ItemEncoder
-from recattn_jax.models.matchers import TargetAttention
-from recattn_jax.models.sasrec import positions_in_sequence
+from recattn_jax.models.registry import MATCHERS, POINTWISE_MODELS
 from recattn_jax.models.transformer import TransformerBlock
-from recattn_jax.models.dropout import Dropout
 
 TASKS = ("ctr", "rating")
-POINTWISE_MODELS = ("din", "bst")
-
-
-def _item_encoder(num_items: int, dim: int, item_features, representation: str) -> ItemEncoder:
-  """ItemEncoder, passing the feature fields on when this version of it has them."""
-  fields = {f.name for f in dataclasses.fields(ItemEncoder)}
-  kwargs = {}
-  if item_features is not None or representation != "id":
-    if not {"item_features", "representation"} <= fields:
-      raise ValueError("model.item_representation other than 'id' needs an ItemEncoder with "
-                       "item features")
-    kwargs = {"item_features": item_features, "representation": representation}
-  return ItemEncoder(num_items, dim, name="item_embed", **kwargs)
+# Fields the data and the task decide, not the config.
+DATA_FIELDS = frozenset({"num_items", "num_users", "max_len", "task", "global_mean",
+                         "item_features", "dtype"})
 
 
 class TargetAttentionModel(nn.Module):
@@ -62,6 +50,8 @@ class TargetAttentionModel(nn.Module):
   ff_dim: int = 128
   dropout_rate: float = 0.1
   task: str = "ctr"
+  matcher: str = "target_attention"
+  use_user_embedding: bool = True
   head: str = "mlp"
   head_hidden: Sequence[int] = (64, 32)
   head_activation: str = "relu"
@@ -76,15 +66,18 @@ class TargetAttentionModel(nn.Module):
   item_representation: str = "id"
   dtype: jnp.dtype = jnp.float32
 
+  @property
+  def user_count(self) -> int:
+    """Users with an embedding and a bias (0: none)."""
+    return self.num_users if self.use_user_embedding else 0
+
   def setup(self):
     if self.task not in TASKS:
       raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-    if self.embed_dim % self.num_heads:
-      raise ValueError(f"model.embed_dim={self.embed_dim} is not divisible by "
-                       f"model.num_heads={self.num_heads}")
     init = nn.initializers.normal(stddev=0.02)
-    self.item_embed = _item_encoder(self.num_items, self.embed_dim, self.item_features,
-                                    self.item_representation)
+    attention = attention_fn(self.attention_impl)
+    self.item_embed = ItemEncoder(self.num_items, self.embed_dim, item_features=self.item_features,
+                                  representation=self.item_representation, name="item_embed")
     if self.use_positions:
       self.pos_embed = nn.Embed(self.max_len, self.embed_dim, embedding_init=init,
                                 name="pos_embed")
@@ -93,15 +86,15 @@ class TargetAttentionModel(nn.Module):
     self.input_dropout = Dropout(self.dropout_rate)
     self.blocks = [
         TransformerBlock(self.embed_dim, self.num_heads, self.ff_dim, self.dropout_rate,
-                         self.attention_impl, self.dtype, name=f"block_{i}")
+                         attention_fn=attention, dtype=self.dtype, name=f"block_{i}")
         for i in range(self.num_layers)
     ]
     if self.num_layers:
       self.history_norm = nn.LayerNorm(dtype=self.dtype)
-    self.target_attention = TargetAttention(self.num_heads, self.embed_dim,
-                                            attention_impl=self.attention_impl, dtype=self.dtype,
-                                            name="target_attention")
-    if self.num_users:
+    self.target_attention = MATCHERS.get(self.matcher)(self.num_heads, self.embed_dim,
+                                                       attention_fn=attention, dtype=self.dtype,
+                                                       name="target_attention")
+    if self.user_count:
       self.user_embed = nn.Embed(self.num_users, self.embed_dim, embedding_init=init,
                                  name="user_embed")
     self.output_head = build_head(self.head, out=1, hidden=self.head_hidden,
@@ -110,7 +103,7 @@ class TargetAttentionModel(nn.Module):
     if self.use_biases:
       zeros = nn.initializers.zeros
       self.item_bias = self.param("item_bias", zeros, (self.num_items + 1,))
-      if self.num_users:
+      if self.user_count:
         self.user_bias = self.param("user_bias", zeros, (self.num_users,))
 
   def encode_history(self, history: jax.Array, history_ratings: jax.Array | None = None, *,
@@ -145,13 +138,13 @@ class TargetAttentionModel(nn.Module):
     if return_weights:
       z, weights = z
     parts = [z, e, z * e]
-    if self.num_users:
+    if self.user_count:
       parts.append(jnp.broadcast_to(self.user_embed(users)[:, None], e.shape))
     out = self.output_head(jnp.concatenate(parts, axis=-1), deterministic=deterministic)[..., 0]
     out = out.astype(jnp.float32)
     if self.use_biases:
       out = out + jnp.take(self.item_bias, candidates, axis=0)
-      if self.num_users:
+      if self.user_count:
         out = out + jnp.take(self.user_bias, users, axis=0)[:, None]
     if self.task == "rating":
       out = out + self.global_mean
@@ -185,45 +178,24 @@ class TargetAttentionModel(nn.Module):
     return self.item_embed.table()
 
 
-def build_pointwise_model(model_config: ml_collections.ConfigDict, *, task: str, num_items: int,
-                          num_users: int, max_len: int, global_mean: float = 0.0,
-                          item_features: Any = None) -> TargetAttentionModel:
-  """The model named by `model.name` ("din" or "bst") for `task`.
+@POINTWISE_MODELS.register("din")
+class DIN(TargetAttentionModel):
+  """DIN: target attention straight over the embedded history (no history encoder)."""
 
-  Reads model.{embed_dim, num_heads, ff_dim, dropout, attention_impl} as the
-  ranking models do; "bst" also model.num_layers (>= 1); and the optional
-  model.{head, head_hidden, head_activation, head_blocks, head_dropout,
-  use_user_embedding, use_positions, use_ratings, use_biases,
-  item_representation} (defaults: the dataclass's).
-  """
-  name = model_config.name
-  if name not in POINTWISE_MODELS:
-    raise ValueError(f"model.name={name!r} is not a pointwise model; known: {list(POINTWISE_MODELS)}")
-  get = lambda field, default: model_config.get(field, default)
-  num_layers = 0 if name == "din" else int(model_config.num_layers)
-  if name == "bst" and num_layers < 1:
-    raise ValueError(f"model.name='bst' needs model.num_layers >= 1, got {num_layers}")
-  defaults = TargetAttentionModel(num_items=1)
-  return TargetAttentionModel(
-      num_items=num_items,
-      num_users=num_users if get("use_user_embedding", True) else 0,
-      max_len=max_len,
-      embed_dim=model_config.embed_dim,
-      num_layers=num_layers,
-      num_heads=model_config.num_heads,
-      ff_dim=model_config.ff_dim,
-      dropout_rate=model_config.dropout,
-      task=task,
-      head=get("head", defaults.head),
-      head_hidden=tuple(get("head_hidden", defaults.head_hidden)),
-      head_activation=get("head_activation", defaults.head_activation),
-      head_blocks=get("head_blocks", defaults.head_blocks),
-      head_dropout=get("head_dropout", defaults.head_dropout),
-      use_positions=get("use_positions", defaults.use_positions),
-      use_ratings=get("use_ratings", defaults.use_ratings),
-      use_biases=get("use_biases", defaults.use_biases),
-      global_mean=float(global_mean),
-      attention_impl=model_config.attention_impl,
-      item_features=item_features,
-      item_representation=get("item_representation", "id"),
-  )
+  def setup(self):
+    if self.num_layers:
+      raise ValueError(f"model.din.num_layers must be 0 (DIN has no history encoder; use "
+                       f"model.name='bst' for one), got {self.num_layers}")
+    super().setup()
+
+
+@POINTWISE_MODELS.register("bst")
+class BST(TargetAttentionModel):
+  """BST: a non-causal transformer encodes the history before target attention reads it."""
+
+  num_layers: int = 1
+
+  def setup(self):
+    if self.num_layers < 1:
+      raise ValueError(f"model.bst.num_layers must be >= 1, got {self.num_layers}")
+    super().setup()

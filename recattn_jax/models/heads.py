@@ -1,12 +1,12 @@
 """Prediction heads: features [..., F] -> outputs [..., out] (out = 1 for a click logit or a rating).
 
-`build_head` makes one from config fields:
-  model.head            "linear" | "mlp" | "residual_mlp"
-  model.head_hidden     hidden widths of "mlp" (e.g. (64, 32)); "residual_mlp"
-                        uses its first entry as the block width
-  model.head_blocks     residual blocks of "residual_mlp"
-  model.head_activation a key of ACTIVATIONS
-  model.head_dropout    dropout on hidden activations
+`build_head` makes the one registered (in `HEADS`) under a pointwise model's fields:
+  head            "linear" | "mlp" | "residual_mlp"
+  head_hidden     hidden widths of "mlp" (e.g. (64, 32)); "residual_mlp"
+                  uses its first entry as the block width
+  head_blocks     residual blocks of "residual_mlp"
+  head_activation a key of ACTIVATIONS
+  head_dropout    dropout on hidden activations
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
 from recattn_jax.models.dropout import Dropout
+from recattn_jax.models.registry import HEADS
 
 ACTIVATIONS = {
     "relu": nn.relu,
@@ -25,12 +27,11 @@ ACTIVATIONS = {
     "tanh": jnp.tanh,
     "sigmoid": nn.sigmoid,
 }
-HEADS = ("linear", "mlp", "residual_mlp")
 
 
 def _activation(name: str):
   if name not in ACTIVATIONS:
-    raise ValueError(f"model.head_activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    raise ValueError(f"model.*.head_activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
   return ACTIVATIONS[name]
 
 
@@ -86,28 +87,40 @@ class ResidualMLPHead(nn.Module):
     return nn.Dense(self.out, dtype=self.dtype, name="output")(x)
 
 
+@HEADS.register("linear")
+def _linear(*, out, hidden, activation, dropout, num_blocks, dtype, **kwargs) -> nn.Module:
+  del hidden, activation, dropout, num_blocks
+  return LinearHead(out=out, dtype=dtype, **kwargs)
+
+
+@HEADS.register("mlp")
+def _mlp(*, out, hidden, activation, dropout, num_blocks, dtype, **kwargs) -> nn.Module:
+  del num_blocks
+  return MLPHead(hidden=hidden, out=out, activation=activation, dropout=dropout, dtype=dtype,
+                 **kwargs)
+
+
+@HEADS.register("residual_mlp")
+def _residual_mlp(*, out, hidden, activation, dropout, num_blocks, dtype, **kwargs) -> nn.Module:
+  if not hidden:
+    raise ValueError("head='residual_mlp' needs head_hidden=(width,)")
+  if num_blocks < 0:
+    raise ValueError(f"head_blocks must be >= 0, got {num_blocks}")
+  return ResidualMLPHead(width=hidden[0], num_blocks=num_blocks, out=out, activation=activation,
+                         dropout=dropout, dtype=dtype, **kwargs)
+
+
 def build_head(name: str = "mlp", /, *, out: int = 1, hidden: Sequence[int] = (64, 32),
                activation: str = "relu", dropout: float = 0.0, num_blocks: int = 2,
                dtype: jnp.dtype = jnp.float32, **kwargs) -> nn.Module:
-  """The head named by `model.head`; extra keyword arguments (e.g. the module's `name`) go to it."""
+  """The head registered as `name`; extra keyword arguments (e.g. the module's `name`) go to it."""
   if out < 1:
     raise ValueError(f"head output size must be >= 1, got {out}")
   if not 0.0 <= dropout < 1.0:
-    raise ValueError(f"model.head_dropout must lie in [0, 1), got {dropout}")
+    raise ValueError(f"head_dropout must lie in [0, 1), got {dropout}")
   hidden = tuple(int(h) for h in hidden)
   if any(h < 1 for h in hidden):
-    raise ValueError(f"model.head_hidden widths must be >= 1, got {hidden}")
+    raise ValueError(f"head_hidden widths must be >= 1, got {hidden}")
   _activation(activation)
-  if name == "linear":
-    return LinearHead(out=out, dtype=dtype, **kwargs)
-  if name == "mlp":
-    return MLPHead(hidden=hidden, out=out, activation=activation, dropout=dropout, dtype=dtype,
-                   **kwargs)
-  if name == "residual_mlp":
-    if not hidden:
-      raise ValueError("model.head='residual_mlp' needs model.head_hidden=(width,)")
-    if num_blocks < 0:
-      raise ValueError(f"model.head_blocks must be >= 0, got {num_blocks}")
-    return ResidualMLPHead(width=hidden[0], num_blocks=num_blocks, out=out,
-                           activation=activation, dropout=dropout, dtype=dtype, **kwargs)
-  raise ValueError(f"model.head must be one of {HEADS}, got {name!r}")
+  return HEADS.get(name)(out=out, hidden=hidden, activation=activation, dropout=dropout,
+                         num_blocks=num_blocks, dtype=dtype, **kwargs)

@@ -43,14 +43,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from recattn_jax.attention import MaskSpec, attend, pointwise_normalizer
+from recattn_jax.attention import AttentionFn, MaskSpec, attend, pointwise_normalizer
 from recattn_jax.attention.reference import pointwise_weights
-from recattn_jax.data.features import ItemFeatures
-from recattn_jax.data.social import UserProfiles
+from recattn_jax.models.base import SequenceEncoder, positions_in_sequence
 from recattn_jax.models.dropout import Dropout
-from recattn_jax.models.item_encoder import ItemEncoder
-from recattn_jax.models.sasrec import positions_in_sequence
-from recattn_jax.models.user_context import UserContext, check_users
+from recattn_jax.models.registry import ENCODERS
+from recattn_jax.models.transformer import head_dim
 
 
 def time_buckets(timestamps: jax.Array, num_buckets: int, step: float) -> jax.Array:
@@ -99,16 +97,13 @@ class HSTUBlock(nn.Module):
   features: int
   num_heads: int
   dropout_rate: float
-  attention_impl: str = "auto"
+  attention_fn: AttentionFn = attend
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    if self.features % self.num_heads:
-      raise ValueError(f"model.embed_dim={self.features} is not divisible by "
-                       f"model.num_heads={self.num_heads}")
-    head_dim = self.features // self.num_heads
     self.input_norm = nn.LayerNorm(dtype=self.dtype)
-    self.uvqk = nn.DenseGeneral((4, self.num_heads, head_dim), dtype=self.dtype)
+    self.uvqk = nn.DenseGeneral((4, self.num_heads, head_dim(self.features, self.num_heads)),
+                                dtype=self.dtype)
     self.attention_norm = nn.LayerNorm(dtype=self.dtype)
     self.out = nn.Dense(self.features, dtype=self.dtype)
     self.dropout = Dropout(self.dropout_rate)
@@ -129,8 +124,7 @@ class HSTUBlock(nn.Module):
       heads = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v,
                          preferred_element_type=jnp.float32).astype(q.dtype)
     else:
-      heads = attend(q, k, v, mask=mask, bias=bias, scale=scale, kind="pointwise",
-                     implementation=self.attention_impl)
+      heads = self.attention_fn(q, k, v, mask=mask, bias=bias, scale=scale, kind="pointwise")
       if row_scale is not None:
         heads = heads * row_scale[:, :, None, None].astype(heads.dtype)
     flat = x.shape[:2] + (-1,)
@@ -139,7 +133,8 @@ class HSTUBlock(nn.Module):
     return x * valid[..., None].astype(x.dtype)
 
 
-class HSTU(nn.Module):
+@ENCODERS.register("hstu", objective="causal", batch_keys=("timestamps",))
+class HSTU(SequenceEncoder):
   """Item + learned positional embeddings, causal HSTU blocks with relative bias, final LayerNorm.
 
   `__call__(items, segment_ids, timestamps=...)` maps left- or right-padded
@@ -148,74 +143,32 @@ class HSTU(nn.Module):
   to a recent event to keep float32 precision) adds the time bias.
   """
 
-  num_items: int
-  max_len: int
-  embed_dim: int = 64
-  num_layers: int = 2
-  num_heads: int = 2
-  dropout_rate: float = 0.2
-  positions: str = "end"
-  attention_impl: str = "auto"
-  dtype: jnp.dtype = jnp.float32
-  num_position_buckets: int | None = None  # None: one per distance 0..max_len-1
+  num_position_buckets: int = 0  # 0: one per distance 0..max_len-1
   num_time_buckets: int = 128  # 0: no time bias parameters
   time_bucket_step: float = 0.301
   bias_per_head: bool = False
   attention_norm: str = "max_len"  # or "causal", "sequence" (see the module docstring)
-  # What an item's vector is made of ("id", "content", "both"; see ItemEncoder).
-  item_features: ItemFeatures | None = None
-  item_representation: str = "id"
-  item_id_dropout: float = 0.0
-  # A per-user context added to every event (see models/user_context.py); None: no context.
-  user_profiles: UserProfiles | None = None
 
-  def setup(self):
-    self.item_embed = ItemEncoder(self.num_items, self.embed_dim, item_features=self.item_features,
-                                  representation=self.item_representation,
-                                  id_dropout=self.item_id_dropout, name="item_embed")
-    self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
-                              embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")
-    self.input_dropout = Dropout(self.dropout_rate)
+  def setup_blocks(self):
     self.relative_bias = RelativeBias(self.num_position_buckets or self.max_len,
                                       self.num_time_buckets, self.time_bucket_step,
                                       self.num_heads if self.bias_per_head else 1)
     self.blocks = [
-        HSTUBlock(self.embed_dim, self.num_heads, self.dropout_rate, self.attention_impl,
-                  self.dtype, name=f"block_{i}")
+        HSTUBlock(self.embed_dim, self.num_heads, self.dropout_rate, attention_fn=self.attention,
+                  dtype=self.compute_dtype, name=f"block_{i}")
         for i in range(self.num_layers)
     ]
-    self.final_norm = nn.LayerNorm(dtype=self.dtype)
-    self.user_context = (None if self.user_profiles is None
-                         else UserContext(self.user_profiles, self.embed_dim, name="user_context"))
+    self.final_norm = nn.LayerNorm(dtype=self.compute_dtype)
 
-  def __call__(self, items: jax.Array, segment_ids: jax.Array | None = None, *,
-               deterministic: bool = True, timestamps: jax.Array | None = None,
-               users: jax.Array | None = None) -> jax.Array:
-    """`segment_ids` (0 = padding) marks packed rows; `timestamps` None: no time bias.
-
-    `users` [B, L] (user index + 1) is required exactly when the model has `user_profiles`.
-    """
-    check_users(self.user_profiles, users)
-    if items.shape[-1] > self.max_len:
-      raise ValueError(f"sequence length {items.shape[-1]} exceeds model.max_len={self.max_len}")
-    valid = items > 0
-    packed = segment_ids is not None
-    segment_ids = jnp.where(valid, segment_ids, 0) if packed else valid.astype(jnp.int32)
-    positions = positions_in_sequence(segment_ids, self.positions)
-    x = self.item_embed(items) * (self.embed_dim ** 0.5) + self.pos_embed(positions)
-    if self.user_context is not None:
-      x = x + self.user_context(users, self.item_embed)
-    x = self.input_dropout(x, deterministic=deterministic)
-    x = (x * valid[..., None]).astype(self.dtype)
-    mask = MaskSpec(causal=True, kv_valid=valid,
-                    q_segment_ids=segment_ids if packed else None,
-                    kv_segment_ids=segment_ids if packed else None)
+  def encode_events(self, x, layout, deterministic, timestamps):
+    """`timestamps` None: no time bias."""
+    mask = layout.mask(causal=True)
     # Within a segment array distance is event distance (segments are contiguous),
     # and pairs across segments or padding are masked, so one bias serves every layout.
-    bias = self.relative_bias(items.shape[-1], timestamps)
-    row_scale = self._row_scale(mask, segment_ids)
+    bias = self.relative_bias(x.shape[1], timestamps)
+    row_scale = self._row_scale(mask, layout.segment_ids)
     for block in self.blocks:
-      x = block(x, mask, bias, valid, deterministic, row_scale)
+      x = block(x, mask, bias, layout.valid, deterministic, row_scale)
     return self.final_norm(x)
 
   def _row_scale(self, mask: MaskSpec, segment_ids: jax.Array) -> jax.Array | None:
@@ -230,10 +183,3 @@ class HSTU(nn.Module):
       return count / (positions_in_sequence(segment_ids, "start") + 1).astype(jnp.float32)
     raise ValueError(f"model.attention_norm must be 'max_len', 'causal' or 'sequence', "
                      f"got {self.attention_norm!r}")
-
-  def item_embeddings(self, deterministic: bool = True) -> jax.Array:
-    """[num_items + 1, D]; row 0 is padding and is never a valid prediction.
-
-    With `deterministic=False` the item encoder's id dropout (if any) applies.
-    """
-    return self.item_embed.table(deterministic=deterministic)

@@ -18,8 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from recattn_jax.attention import MaskSpec, attend
+from recattn_jax.attention import AttentionFn, MaskSpec, attention_fn
 from recattn_jax.data.features import ItemFeatures
+from recattn_jax.models.transformer import head_dim
 
 REPRESENTATIONS = ("id", "content", "both")
 
@@ -41,12 +42,9 @@ class ContentEncoder(nn.Module):
   item_features: ItemFeatures
   features: int
   num_heads: int = 2
-  attention_impl: str = "auto"
+  attention_fn: AttentionFn = attention_fn("xla")
 
   def setup(self):
-    if self.features % self.num_heads:
-      raise ValueError(f"ItemEncoder: embedding width {self.features} is not divisible by "
-                       f"content_heads={self.num_heads}")
     item_features = self.item_features
     init = nn.initializers.normal(stddev=0.02)
     self.embeds = {f: nn.Embed(item_features.vocab_sizes[f], self.features, embedding_init=init,
@@ -57,9 +55,8 @@ class ContentEncoder(nn.Module):
     self.item_token = self.param("item_token", init, (self.features,))
     if item_features.text_embeddings is not None:
       self.text_projection = nn.Dense(self.features, name="text_projection")
-    head_dim = self.features // self.num_heads
     self.attention_norm = nn.LayerNorm()
-    self.qkv = nn.DenseGeneral((3, self.num_heads, head_dim))
+    self.qkv = nn.DenseGeneral((3, self.num_heads, head_dim(self.features, self.num_heads)))
     self.attention_out = nn.DenseGeneral(self.features, axis=(-2, -1))
     self.output_norm = nn.LayerNorm()
     self.output = nn.Dense(self.features, kernel_init=nn.initializers.variance_scaling(
@@ -92,8 +89,8 @@ class ContentEncoder(nn.Module):
     """[n, D] for item `rows` [n] (None: the whole catalogue, [N + 1, D])."""
     x, valid = self.tokens(rows)
     qkv = self.qkv(self.attention_norm(x))
-    attended = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask=MaskSpec(kv_valid=valid),
-                      implementation=self.attention_impl)
+    attended = self.attention_fn(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                 mask=MaskSpec(kv_valid=valid))
     x = x + self.attention_out(attended)
     weight = valid[..., None].astype(x.dtype)
     pooled = jnp.sum(x * weight, axis=1) / jnp.sum(weight, axis=1)  # >= 1: the [ITEM] token
@@ -134,7 +131,7 @@ class ItemEncoder(nn.Module):
     item_features: required for "content" and "both"; validated against num_items.
     representation: one of REPRESENTATIONS.
     id_dropout: probability of dropping a trained item's id row ("both" only).
-    content_heads, attention_impl: of the content encoder's self-attention. An
+    content_heads, attention_fn: of the content encoder's self-attention. An
       item's token set is short (tens), where one dense softmax ("xla") beats the
       tiled engines "auto" would pick on CPU.
   """
@@ -145,7 +142,7 @@ class ItemEncoder(nn.Module):
   representation: str = "id"
   id_dropout: float = 0.0
   content_heads: int = 2
-  attention_impl: str = "xla"
+  attention_fn: AttentionFn = attention_fn("xla")
 
   def setup(self):
     if self.representation not in REPRESENTATIONS:
@@ -160,7 +157,7 @@ class ItemEncoder(nn.Module):
         raise ValueError(f"representation={self.representation!r} needs item_features "
                          "(set data.item_features_path and/or data.text_embeddings_path)")
       self.content = ContentEncoder(self.item_features, self.features, self.content_heads,
-                                    self.attention_impl, name="content")
+                                    self.attention_fn, name="content")
     if self.representation != "content":
       self.embedding = self.param("embedding", nn.initializers.normal(stddev=0.02),
                                   (self.num_items + 1, self.features))

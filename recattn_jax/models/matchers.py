@@ -1,6 +1,7 @@
 """Matchers: how a user representation meets items.
 
-  * `dot_product_scores`: retrieval, one user vector against the whole catalogue.
+  * dot product: retrieval, one user vector against the whole catalogue
+    (`models/scoring.py`, `evaluation/`);
   * `TargetAttention`: ranking, DIN/BST style; each candidate item queries the
     user's history, z_ui = Attention(Q_u, K_i, V_i), so the user is described
     by the past events relevant to that candidate.
@@ -12,26 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from recattn_jax.attention import MaskSpec, attend
-
-# Score given to the padding item when it is masked out of a ranking.
-PADDING_SCORE = -1e30
+from recattn_jax.attention import AttentionFn, MaskSpec, attend
+from recattn_jax.models.registry import MATCHERS
 
 
-def dot_product_scores(users: jax.Array, table: jax.Array, *, mask_padding: bool = False) -> jax.Array:
-  """[B, N] scores users [B, D] @ table [N, D]^T, accumulated in float32.
 
-  With `mask_padding`, row 0 of the table is the padding item and its column
-  gets PADDING_SCORE so that it never ranks.
-  """
-  if users.ndim != 2 or table.ndim != 2 or users.shape[-1] != table.shape[-1]:
-    raise ValueError(f"dot_product_scores expects users [B, D] and table [N, D], "
-                     f"got {users.shape} and {table.shape}")
-  scores = jnp.einsum("bd,nd->bn", users, table.astype(users.dtype),
-                      preferred_element_type=jnp.float32)
-  return scores.at[:, 0].set(PADDING_SCORE) if mask_padding else scores
-
-
+@MATCHERS.register("target_attention")
 class TargetAttention(nn.Module):
   """Candidates [B, C, D] attend over a history [B, L, D] with key padding.
 
@@ -45,7 +32,7 @@ class TargetAttention(nn.Module):
   num_heads: int = 1
   features: int | None = None
   head_dim: int | None = None
-  attention_impl: str = "auto"
+  attention_fn: AttentionFn = attend
   dtype: jnp.dtype = jnp.float32
 
   def _dims(self, width: int) -> tuple[int, int]:
@@ -76,7 +63,7 @@ class TargetAttention(nn.Module):
     k = dense("key")(history)
     v = dense("value")(history)
     valid = valid.astype(bool)
-    out = attend(q, k, v, mask=MaskSpec(kv_valid=valid), implementation=self.attention_impl)
+    out = self.attention_fn(q, k, v, mask=MaskSpec(kv_valid=valid))
     z = nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, name="out")(out)
     if single:
       z = z[:, 0]

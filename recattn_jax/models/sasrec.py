@@ -6,110 +6,42 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from recattn_jax.attention import MaskSpec
-from recattn_jax.data.features import ItemFeatures
-from recattn_jax.data.social import UserProfiles
-from recattn_jax.models.dropout import Dropout
-from recattn_jax.models.item_encoder import ItemEncoder
+from recattn_jax.models.base import Layout, SequenceEncoder, positions_in_sequence
+from recattn_jax.models.registry import ENCODERS
+from recattn_jax.models.scoring import last_hidden
 from recattn_jax.models.transformer import TransformerBlock
-from recattn_jax.models.user_context import UserContext, check_users
+from recattn_jax.models.user_context import check_users
 
 
-def positions_in_sequence(segment_ids: jax.Array, count_from: str) -> jax.Array:
-  """Index of each event within its segment (a user's run of events), for any padding side.
-
-  `segment_ids` [B, L] numbers contiguous runs of one user's events, 0 for
-  padding; an unpacked row is just `items > 0`. "start": 0 for the oldest event
-  (stable when events are appended, which is what a key/value cache needs);
-  "end": 0 for the newest event (what SASRec's left-padded absolute positions
-  amount to).
-  """
-  length = segment_ids.shape[-1]
-  index = jnp.broadcast_to(jnp.arange(length), segment_ids.shape)
-  before = jnp.pad(segment_ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
-  after = jnp.pad(segment_ids, ((0, 0), (0, 1)), constant_values=-1)[:, 1:]
-  start = jax.lax.cummax(jnp.where(segment_ids != before, index, 0), axis=1)
-  end = jax.lax.cummin(jnp.where(segment_ids != after, index, length), axis=1, reverse=True)
-  if count_from == "start":
-    pos = index - start
-  elif count_from == "end":
-    pos = end - index
-  else:
-    raise ValueError(f"model.positions must be 'start' or 'end', got {count_from!r}")
-  return jnp.where(segment_ids > 0, pos, 0)
-
-
-class SASRec(nn.Module):
+@ENCODERS.register("sasrec", objective="causal", kv_cache=True)
+class SASRec(SequenceEncoder):
   """Item + learned positional embeddings, pre-LN causal blocks, final LayerNorm.
 
   `__call__(items)` maps left- or right-padded item ids [B, L] (0 = padding) to
   hidden states [B, L, D]; scores against the catalogue use the same item
-  embedding table (`item_embeddings`).
+  embedding table (`item_embeddings`). `prefill`/`extend` keep a key/value
+  cache for adding one event at a time.
   """
 
-  num_items: int
-  max_len: int
-  embed_dim: int = 64
-  num_layers: int = 2
-  num_heads: int = 2
   ff_dim: int = 256
-  dropout_rate: float = 0.2
-  positions: str = "end"
-  attention_impl: str = "auto"
-  dtype: jnp.dtype = jnp.float32
-  # What an item's vector is made of ("id", "content", "both"; see ItemEncoder).
-  item_features: ItemFeatures | None = None
-  item_representation: str = "id"
-  item_id_dropout: float = 0.0
-  # A per-user context added to every event (see models/user_context.py); None: no context.
-  user_profiles: UserProfiles | None = None
 
-  def setup(self):
-    self.item_embed = ItemEncoder(self.num_items, self.embed_dim, item_features=self.item_features,
-                                  representation=self.item_representation,
-                                  id_dropout=self.item_id_dropout, name="item_embed")
-    self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
-                              embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")
-    self.input_dropout = Dropout(self.dropout_rate)
+  def setup_blocks(self):
     self.blocks = [
         TransformerBlock(self.embed_dim, self.num_heads, self.ff_dim, self.dropout_rate,
-                         self.attention_impl, self.dtype, name=f"block_{i}")
+                         attention_fn=self.attention, dtype=self.compute_dtype, name=f"block_{i}")
         for i in range(self.num_layers)
     ]
-    self.final_norm = nn.LayerNorm(dtype=self.dtype)
-    self.user_context = (None if self.user_profiles is None
-                         else UserContext(self.user_profiles, self.embed_dim, name="user_context"))
+    self.final_norm = nn.LayerNorm(dtype=self.compute_dtype)
 
-  def __call__(self, items: jax.Array, segment_ids: jax.Array | None = None, *,
-               deterministic: bool = True, users: jax.Array | None = None) -> jax.Array:
-    """`segment_ids` (0 = padding) marks packed rows holding several users; None: one user per row.
+  def encode_events(self, x, layout, deterministic, timestamps):
+    del timestamps  # SASRec has no notion of time
+    return self._blocks(x, layout, deterministic)[0]
 
-    `users` [B, L] (user index + 1) is required exactly when the model has `user_profiles`.
-    """
-    check_users(self.user_profiles, users)
-    return self._encode(items, segment_ids, deterministic, users)[0]
-
-  def _embed(self, items: jax.Array, positions: jax.Array, deterministic: bool,
-             users: jax.Array | None) -> jax.Array:
-    x = self.item_embed(items) * (self.embed_dim ** 0.5) + self.pos_embed(positions)
-    if self.user_context is not None:
-      x = x + self.user_context(users, self.item_embed)
-    x = self.input_dropout(x, deterministic=deterministic)
-    return (x * (items > 0)[..., None]).astype(self.dtype)
-
-  def _encode(self, items, segment_ids, deterministic, users=None):
-    if items.shape[-1] > self.max_len:
-      raise ValueError(f"sequence length {items.shape[-1]} exceeds model.max_len={self.max_len}")
-    valid = items > 0
-    packed = segment_ids is not None
-    segment_ids = jnp.where(valid, segment_ids, 0) if packed else valid.astype(jnp.int32)
-    x = self._embed(items, positions_in_sequence(segment_ids, self.positions), deterministic, users)
-    mask = MaskSpec(causal=True, kv_valid=valid,
-                    q_segment_ids=segment_ids if packed else None,
-                    kv_segment_ids=segment_ids if packed else None)
+  def _blocks(self, x: jax.Array, layout: Layout, deterministic: bool):
+    mask = layout.mask(causal=True)
     keys, values = [], []
     for block in self.blocks:
-      x, k, v = block(x, mask, valid, deterministic)
+      x, k, v = block(x, mask, layout.valid, deterministic)
       keys.append(k)
       values.append(v)
     return self.final_norm(x), keys, values
@@ -122,8 +54,8 @@ class SASRec(nn.Module):
     instead of re-encoding the whole history in O(L^2). `users` [B, L] as in `__call__`.
     """
     self._check_cacheable(items)
-    check_users(self.user_profiles, users)
-    hidden, keys, values = self._encode(items, None, True, users)
+    layout = self.layout(items, None, users)
+    hidden, keys, values = self._blocks(self.embed(items, layout, True, users), layout, True)
     pad = ((0, 0), (0, self.max_len - items.shape[1]), (0, 0), (0, 0))
     cache = {"keys": jnp.stack([jnp.pad(k, pad) for k in keys]),
              "values": jnp.stack([jnp.pad(v, pad) for v in values]),
@@ -140,8 +72,10 @@ class SASRec(nn.Module):
     """
     check_users(self.user_profiles, users)
     index = cache["length"]
-    x = self._embed(new_items[:, None], index[:, None], True,
-                    None if users is None else users[:, None])
+    items = new_items[:, None]
+    layout = Layout(items > 0, (items > 0).astype(jnp.int32), False)
+    x = self.embed(items, layout, True, None if users is None else users[:, None],
+                   positions=index[:, None])
     keys, values = [], []
     for layer, block in enumerate(self.blocks):
       x, k, v = block.step(x, cache["keys"][layer], cache["values"][layer], index)
@@ -152,22 +86,10 @@ class SASRec(nn.Module):
 
   def _check_cacheable(self, items):
     if self.positions != "start":
-      raise ValueError("a key/value cache needs model.positions='start' (positions that do not "
-                       "change when events are appended)")
+      raise ValueError("a key/value cache needs model.sasrec.positions='start' (positions that do "
+                       "not change when events are appended)")
     if items.shape[1] > self.max_len:
-      raise ValueError(f"history length {items.shape[1]} exceeds model.max_len={self.max_len}")
-
-  def item_embeddings(self, deterministic: bool = True) -> jax.Array:
-    """[num_items + 1, D]; row 0 is padding and is never a valid prediction.
-
-    With `deterministic=False` the item encoder's id dropout (if any) applies.
-    """
-    return self.item_embed.table(deterministic=deterministic)
+      raise ValueError(f"history length {items.shape[1]} exceeds data.max_len={self.max_len}")
 
 
-def last_hidden(hidden: jax.Array, items: jax.Array) -> jax.Array:
-  """Hidden state at each row's newest event ([B, D]), for left or right padding."""
-  valid = items > 0
-  index = jnp.where(valid, jnp.arange(items.shape[-1]), -1).max(axis=-1)
-  index = jnp.maximum(index, 0)
-  return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
+__all__ = ["SASRec", "last_hidden", "positions_in_sequence"]

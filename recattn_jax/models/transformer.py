@@ -17,9 +17,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from recattn_jax.attention import MaskSpec, attend
+from recattn_jax.attention import AttentionFn, MaskSpec, attend
 from recattn_jax.attention.mask import dense_mask
 from recattn_jax.models.dropout import Dropout
+
+
+def head_dim(features: int, num_heads: int) -> int:
+  """The per-head width; the one place that checks that heads divide the width."""
+  if num_heads < 1 or features % num_heads:
+    raise ValueError(f"embedding width {features} (model.*.embed_dim) is not divisible by "
+                     f"num_heads={num_heads}")
+  return features // num_heads
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -28,14 +36,12 @@ class MultiHeadSelfAttention(nn.Module):
 
   features: int
   num_heads: int
-  attention_impl: str = "auto"
+  attention_fn: AttentionFn = attend
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    if self.features % self.num_heads:
-      raise ValueError(f"model.embed_dim={self.features} is not divisible by model.num_heads={self.num_heads}")
-    head_dim = self.features // self.num_heads
-    self.qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype)
+    self.qkv = nn.DenseGeneral((3, self.num_heads, head_dim(self.features, self.num_heads)),
+                               dtype=self.dtype)
     self.out = nn.DenseGeneral(self.features, axis=(-2, -1), dtype=self.dtype)
 
   def __call__(self, x: jax.Array, mask: MaskSpec, *,
@@ -51,7 +57,7 @@ class MultiHeadSelfAttention(nn.Module):
       heads, weights = explicit_attention(q, k, v, mask)
       self.sow("intermediates", "attention_weights", weights)
     else:
-      heads = attend(q, k, v, mask=mask, implementation=self.attention_impl)
+      heads = self.attention_fn(q, k, v, mask=mask)
     return self.out(heads), k, v
 
   def step(self, x: jax.Array, k_cache: jax.Array, v_cache: jax.Array, index: jax.Array):
@@ -61,8 +67,7 @@ class MultiHeadSelfAttention(nn.Module):
     k_cache = k_cache.at[rows, index].set(qkv[:, 0, 1])
     v_cache = v_cache.at[rows, index].set(qkv[:, 0, 2])
     visible = jnp.arange(k_cache.shape[1])[None, :] <= index[:, None]
-    out = attend(qkv[:, :, 0], k_cache, v_cache, mask=MaskSpec(kv_valid=visible),
-                 implementation=self.attention_impl)
+    out = self.attention_fn(qkv[:, :, 0], k_cache, v_cache, mask=MaskSpec(kv_valid=visible))
     return self.out(out), k_cache, v_cache
 
 
@@ -86,12 +91,13 @@ class TransformerBlock(nn.Module):
   num_heads: int
   ff_dim: int
   dropout_rate: float
-  attention_impl: str = "auto"
+  attention_fn: AttentionFn = attend
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     self.attention_norm = nn.LayerNorm(dtype=self.dtype)
-    self.attention = MultiHeadSelfAttention(self.features, self.num_heads, self.attention_impl, self.dtype)
+    self.attention = MultiHeadSelfAttention(self.features, self.num_heads, self.attention_fn,
+                                            self.dtype)
     self.ff_norm = nn.LayerNorm(dtype=self.dtype)
     self.ff = FeedForward(self.ff_dim, self.dropout_rate, self.dtype)
     self.dropout = Dropout(self.dropout_rate)

@@ -301,7 +301,7 @@ def _final_results(state, progress: Progress, *, config, job: Job, checkpoints: 
       "test": job.evaluate(best_params, "test"),
       "valid": job.evaluate(best_params, "valid"),
       **job.report(best_params),
-      "task": config.get("task", "ranking"),
+      "task": config.task,
       "primary_protocol": job.primary,
       "best_step": progress.best_step,
       "best_epoch": progress.best_step / job.steps_per_epoch,

@@ -5,25 +5,30 @@ is padding and is never a positive or a negative), targets [...] and a `weight`
 [...] that is 0 at padded positions, and returns the weighted mean over
 positions. Scores are accumulated in float32 whatever the activations' dtype.
 
-Losses (the `train.loss` config field, built by `next_item_loss_fn`):
+Losses are registered in `LOSSES` by name (`train.loss.name`), each a factory
+whose keyword arguments are its config fields (`train.loss.<name>.*`), built by
+`next_item_loss_fn`:
   * "softmax": cross-entropy over the whole catalogue (SASRec+ / BERT4Rec).
   * "sampled_softmax": cross-entropy over the target and sampled negatives,
     with the log-Q correction logit - log Q(item) (Bengio & Senecal; Yi et al.,
-    RecSys 2019) so that it estimates the full softmax. `train.negative_sampler`:
+    RecSys 2019) so that it estimates the full softmax. `negative_sampler`:
       - "in_batch": the negatives are the other positions' targets in the batch;
         Q(item) = its frequency among the batch's targets;
-      - "uniform": `train.num_negatives` items drawn uniformly from 1..N, shared
+      - "uniform": `num_negatives` items drawn uniformly from 1..N, shared
         by every position; Q = 1/N.
     Negatives equal to the position's target ("accidental hits") are removed.
   * "bce": SASRec's binary cross-entropy: per position
-    -log sigma(s+) - sum_k log(1 - sigma(s_k)) with `train.num_negatives`
+    -log sigma(s+) - sum_k log(1 - sigma(s_k)) with `num_negatives`
     (default 1) negatives drawn uniformly from the items other than the target.
   * "gbce": gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023): per
     position -(log sigma(s+)^beta + sum_k log(1 - sigma(s_k))) / (k + 1), with
     alpha = k / (N - 1) (the negative sampling rate), and
     beta = alpha * (t * (1 - 1/alpha) + 1/alpha) = 1 - t * (1 - alpha) from the
-    calibration parameter t = `train.gbce_t` in [0, 1]. t = 0 is plain BCE,
-    t = 1 makes the model calibrated for the sampling rate.
+    calibration parameter `t` in [0, 1]. t = 0 is plain BCE, t = 1 makes the
+    model calibrated for the sampling rate.
+
+A loss registered with `item_mask=True` accepts an `item_mask` [N + 1] that
+restricts the items it ranges over (`train.negatives="trained"`).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-LOSSES = ("softmax", "sampled_softmax", "bce", "gbce")
+from recattn_jax.registry import Registry, check_keywords, keyword_defaults
+
+LOSSES = Registry("loss", "train.loss.name")
 SAMPLERS = ("in_batch", "uniform")
-DEFAULT_NUM_NEGATIVES = {"sampled_softmax": 256, "bce": 1, "gbce": 256}
 
 # Masked logits: finite, so that a row with every logit masked stays NaN-free.
 _MASKED = -1e30
@@ -179,9 +185,9 @@ def bce_loss(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
 def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
   """beta = alpha * (t * (1 - 1/alpha) + 1/alpha), alpha = k / (N - 1)."""
   if not 0.0 <= t <= 1.0:
-    raise ValueError(f"train.gbce_t must lie in [0, 1], got {t}")
+    raise ValueError(f"train.loss.gbce.t must lie in [0, 1], got {t}")
   if num_negatives < 1:
-    raise ValueError(f"train.num_negatives must be >= 1, got {num_negatives}")
+    raise ValueError(f"train.loss.gbce.num_negatives must be >= 1, got {num_negatives}")
   _check_num_items(num_items, 2)
   alpha = num_negatives / (num_items - 1)
   return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
@@ -211,53 +217,90 @@ def gbce_loss(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
 # Config-driven construction.
 
 
-def next_item_loss_fn(name: str = "softmax", *, num_negatives: int | None = None,
-                      negative_sampler: str = "uniform", logq_correction: bool = True,
-                      gbce_t: float = 0.75) -> LossFn:
-  """(hidden [B, L, D], item_table [N + 1, D], targets [B, L], key, item_mask=None) -> (loss, metrics).
-
-  Targets of 0 are padding and weigh nothing. `key` seeds the negatives (unused
-  by "softmax" and in-batch "sampled_softmax"). `item_mask` [N + 1] (softmax
-  only) restricts the softmax to some items, e.g. those with training events.
-
-  Args:
-    name: `train.loss`, one of LOSSES.
-    num_negatives: `train.num_negatives`; None takes DEFAULT_NUM_NEGATIVES.
-    negative_sampler: `train.negative_sampler` of "sampled_softmax", one of SAMPLERS.
-    logq_correction: `train.logq_correction` of "sampled_softmax".
-    gbce_t: `train.gbce_t` of "gbce".
-  """
-  if name not in LOSSES:
-    raise ValueError(f"train.loss must be one of {LOSSES}, got {name!r}")
-  if name == "sampled_softmax" and negative_sampler not in SAMPLERS:
-    raise ValueError(f"train.negative_sampler must be one of {SAMPLERS}, got {negative_sampler!r}")
-  k = DEFAULT_NUM_NEGATIVES.get(name) if num_negatives is None else int(num_negatives)
-  if name != "softmax" and k is not None and k < 1:
-    raise ValueError(f"train.num_negatives must be >= 1, got {k}")
-  if name == "gbce" and not 0.0 <= gbce_t <= 1.0:
-    raise ValueError(f"train.gbce_t must lie in [0, 1], got {gbce_t}")
-
+def _with_metrics(per_batch: Callable) -> LossFn:
+  """(hidden, table, targets, key, item_mask) -> (loss, {"loss", "events"}); targets of 0 weigh nothing."""
   def loss_fn(hidden, item_table, targets, key, item_mask=None):
-    num_items = item_table.shape[0] - 1
     weight = (targets > 0).astype(jnp.float32)
-    if item_mask is not None and name != "softmax":
-      raise ValueError(f"train.negatives='trained' needs train.loss='softmax', got {name!r}")
-    if name == "softmax":
-      loss = softmax_cross_entropy(hidden, item_table, targets, weight, item_mask)
-    elif name == "sampled_softmax" and negative_sampler == "in_batch":
-      loss = in_batch_softmax(hidden, item_table, targets, weight,
-                              logq_correction=logq_correction)
-    elif name == "sampled_softmax":
-      negatives = uniform_negatives(key, (k,), num_items)
-      log_q = -jnp.log(float(num_items)) if logq_correction else None
-      loss = sampled_softmax(hidden, item_table, targets, negatives, weight,
-                             log_q_target=log_q, log_q_negatives=log_q)
-    else:
-      negatives = uniform_negatives_excluding(key, targets, num_items, k)
-      if name == "bce":
-        loss = bce_loss(hidden, item_table, targets, negatives, weight)
-      else:
-        loss = gbce_loss(hidden, item_table, targets, negatives, weight, t=gbce_t)
+    loss = per_batch(hidden, item_table, targets, weight, key, item_mask)
     return loss, {"loss": loss, "events": jnp.sum(weight)}
-
   return loss_fn
+
+
+def _no_item_mask(name: str, item_mask) -> None:
+  if item_mask is not None:
+    raise ValueError(f"train.negatives='trained' needs a loss registered with item_mask=True "
+                     f"(e.g. 'softmax'); train.loss.name={name!r} is not")
+
+
+def _check_negatives(name: str, k: int) -> int:
+  if int(k) < 1:
+    raise ValueError(f"train.loss.{name}.num_negatives must be >= 1, got {k}")
+  return int(k)
+
+
+@LOSSES.register("softmax", item_mask=True)
+def softmax_loss() -> LossFn:
+  return _with_metrics(lambda hidden, table, targets, weight, key, item_mask:
+                       softmax_cross_entropy(hidden, table, targets, weight, item_mask))
+
+
+@LOSSES.register("sampled_softmax")
+def sampled_softmax_loss(num_negatives: int = 256, negative_sampler: str = "uniform",
+                         logq_correction: bool = True) -> LossFn:
+  if negative_sampler not in SAMPLERS:
+    raise ValueError(f"train.loss.sampled_softmax.negative_sampler must be one of {SAMPLERS}, "
+                     f"got {negative_sampler!r}")
+  k = _check_negatives("sampled_softmax", num_negatives)
+
+  def loss(hidden, table, targets, weight, key, item_mask):
+    _no_item_mask("sampled_softmax", item_mask)
+    if negative_sampler == "in_batch":
+      return in_batch_softmax(hidden, table, targets, weight, logq_correction=logq_correction)
+    num_items = table.shape[0] - 1
+    log_q = -jnp.log(float(num_items)) if logq_correction else None
+    return sampled_softmax(hidden, table, targets, uniform_negatives(key, (k,), num_items), weight,
+                           log_q_target=log_q, log_q_negatives=log_q)
+  return _with_metrics(loss)
+
+
+@LOSSES.register("bce")
+def bce(num_negatives: int = 1) -> LossFn:
+  k = _check_negatives("bce", num_negatives)
+
+  def loss(hidden, table, targets, weight, key, item_mask):
+    _no_item_mask("bce", item_mask)
+    negatives = uniform_negatives_excluding(key, targets, table.shape[0] - 1, k)
+    return bce_loss(hidden, table, targets, negatives, weight)
+  return _with_metrics(loss)
+
+
+@LOSSES.register("gbce")
+def gbce(num_negatives: int = 256, t: float = 0.75) -> LossFn:
+  k = _check_negatives("gbce", num_negatives)
+  if not 0.0 <= t <= 1.0:
+    raise ValueError(f"train.loss.gbce.t must lie in [0, 1], got {t}")
+
+  def loss(hidden, table, targets, weight, key, item_mask):
+    _no_item_mask("gbce", item_mask)
+    negatives = uniform_negatives_excluding(key, targets, table.shape[0] - 1, k)
+    return gbce_loss(hidden, table, targets, negatives, weight, t=t)
+  return _with_metrics(loss)
+
+
+def loss_kwargs(name: str) -> dict:
+  """The config fields of loss `name` with their defaults (`train.loss.<name>`)."""
+  return keyword_defaults(LOSSES.get(name))
+
+
+def next_item_loss_fn(name: str = "softmax", **kwargs) -> LossFn:
+  """The registered loss `name` built with its keyword arguments (`train.loss.<name>.*`).
+
+  Returns (hidden [B, L, D], item_table [N + 1, D], targets [B, L], key,
+  item_mask=None) -> (loss, metrics). Targets of 0 are padding and weigh
+  nothing. `key` seeds the negatives (unused by "softmax" and in-batch
+  "sampled_softmax"). `item_mask` [N + 1] restricts the softmax to some items,
+  for losses registered with item_mask=True.
+  """
+  factory = LOSSES.get(name)
+  check_keywords(kwargs, loss_kwargs(name), f"train.loss.{name}")
+  return factory(**kwargs)

@@ -1,4 +1,4 @@
-"""Train and predict steps for the pointwise tasks ("ctr", "rating").
+"""The batch loss and the predict step of the pointwise tasks ("ctr", "rating").
 
 Batches are dicts of arrays from `data.ctr.batches`: users [B], history [B, L],
 items [B], labels [B], weight [B] (0 for padding rows) and, when the model
@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from recattn_jax.data.ctr import batches
 from recattn_jax.evaluation.ctr import ctr_metrics, rating_metrics
-from recattn_jax.training.steps import DATA_AXIS, TrainState, apply_gradients
+from recattn_jax.training.steps import DATA_AXIS
 
 TASKS = ("ctr", "rating")
 
@@ -52,44 +52,20 @@ def pointwise_loss(task: str, outputs: jax.Array, labels: jax.Array,
   return loss, {"loss": loss, "examples": count}
 
 
-def init_pointwise_state(model: nn.Module, optimizer: optax.GradientTransformation,
-                         example_batch: dict, *, seed: int, mesh: Mesh | None = None) -> TrainState:
-  """Parameters from one example batch (only its shapes matter), replicated over `mesh`."""
-  init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-  example = jax.tree.map(lambda x: jnp.zeros_like(x[:1]), dict(example_batch))
-
-  def init(key):
-    return TrainState.create(model.init(key, *model_inputs(example)), optimizer, dropout_key)
-
-  if mesh is None:
-    return jax.jit(init)(init_key)
-  abstract = jax.eval_shape(init, init_key)
-  shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
-  return jax.jit(init, out_shardings=shardings)(init_key)
-
-
-def make_pointwise_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                              task: str, *, mesh: Mesh | None = None
-                              ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Jitted (state, batch) -> (state, metrics); the state buffer is donated."""
+def batch_loss(model: nn.Module, task: str):
+  """(params, batch, rng) -> (loss, metrics): the task's loss with dropout drawn from `rng`."""
   _check_task(task)
 
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    dropout_key = jax.random.fold_in(state.dropout_key, state.step)
+  def loss(params, batch, rng):
+    outputs = model.apply(params, *model_inputs(batch), deterministic=False, rngs={"dropout": rng})
+    return pointwise_loss(task, outputs, batch["labels"], batch.get("weight"))
+  return loss
 
-    def loss_fn(params):
-      outputs = model.apply(params, *model_inputs(batch), deterministic=False,
-                            rngs={"dropout": dropout_key})
-      return pointwise_loss(task, outputs, batch["labels"], batch.get("weight"))
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    return apply_gradients(state, grads, metrics, optimizer)
-
-  if mesh is None:
-    return jax.jit(train_step, donate_argnums=0)
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(train_step, in_shardings=(replicated, NamedSharding(mesh, P(DATA_AXIS))),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+def init_params(model: nn.Module, example_batch: dict):
+  """`key -> variables` from one example batch (only its shapes matter), for `steps.init_state`."""
+  example = jax.tree.map(lambda x: jnp.zeros_like(x[:1]), dict(example_batch))
+  return lambda key: model.init(key, *model_inputs(example))
 
 
 def make_predict_step(model: nn.Module, task: str, *, mesh: Mesh | None = None
@@ -127,15 +103,3 @@ def evaluate(predict_step: Callable, params, arrays: dict, task: str,
   if task == "ctr":
     return ctr_metrics(arrays["users"], arrays["labels"], preds)
   return rating_metrics(arrays["labels"], preds)
-
-
-def train_epochs(train_step: Callable, state: TrainState, arrays: dict, *, batch_size: int,
-                 num_epochs: int, seed: int = 0,
-                 on_step: Callable[[int, dict], None] | None = None) -> TrainState:
-  """Shuffled epochs of full batches (the remainder is dropped, so shapes never change)."""
-  for epoch in range(num_epochs):
-    for batch in batches(arrays, batch_size, shuffle=True, seed=seed + epoch, drop_remainder=True):
-      state, metrics = train_step(state, batch)
-      if on_step is not None:
-        on_step(int(state.step), metrics)
-  return state

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from recattn_jax.evaluation import target_ranks
 from recattn_jax.evaluation.topk import top_k_items
-from recattn_jax.models import fold_item_bias, init_encoder, last_hidden
+from recattn_jax.models.scoring import encode, scoring_inputs, user_vectors
 from recattn_jax.training.losses import LossFn, next_item_loss_fn
 
 DATA_AXIS = "data"
@@ -98,67 +98,51 @@ def make_optimizer(train_config: ml_collections.ConfigDict, total_steps: int) ->
   )
 
 
-def init_state(model: nn.Module, optimizer: optax.GradientTransformation, *, seed: int,
-               max_len: int, mesh: Mesh) -> TrainState:
-  """Shapes first, then shardings, then one jitted initialisation straight into place."""
+def init_state(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
+               *, seed: int, mesh: Mesh) -> TrainState:
+  """Shapes first, then shardings, then one jitted initialisation straight into place.
+
+  `init_params(key)` returns the model's variables (e.g. `model.init` on a dummy batch).
+  """
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
 
   def init(key):
-    return TrainState.create(init_encoder(model, key, max_len), optimizer, dropout_key)
+    return TrainState.create(init_params(key), optimizer, dropout_key)
 
   abstract = jax.eval_shape(init, init_key)
   shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
   return jax.jit(init, out_shardings=shardings)(init_key)
 
 
-def catalogue_logits(hidden: jax.Array, item_table: jax.Array) -> jax.Array:
-  """Scores of every item (padding row masked out), accumulated and returned in float32.
-
-  The table is cast to the activations' dtype so that a bf16 model multiplies in
-  bf16 while its parameters and the softmax stay in float32.
-  """
-  logits = jnp.einsum("...d,nd->...n", hidden, item_table.astype(hidden.dtype),
-                      preferred_element_type=jnp.float32)
-  return logits.at[..., 0].set(-1e30)
+# (params, batch, rng) -> (loss, metrics with "loss" and "events" or "examples")
+BatchLoss = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 
 
-def encode(model: nn.Module, params, batch: dict, **kwargs) -> jax.Array:
-  """Hidden states [B, L, D] of a batch; packing segment ids, timestamps and users when it has them."""
-  for key in ("timestamps", "users"):
-    if key in batch:
-      kwargs[key] = batch[key]
-  return model.apply(params, batch["inputs"], batch.get("segment_ids"), **kwargs)
+def next_item_loss(model: nn.Module, loss_fn: LossFn | None = None,
+                   item_mask: jax.Array | None = None) -> BatchLoss:
+  """The ranking task's batch loss: `loss_fn` (default: full-softmax CE) at every target.
 
-
-def scoring_inputs(model: nn.Module, params, hidden: jax.Array, **kwargs) -> tuple[jax.Array, jax.Array]:
-  """(hidden, table) whose dot products are the model's item scores (BERT4Rec's bias folded in).
-
-  `kwargs` (deterministic=False, rngs=...) reach `item_embeddings`, for item id dropout.
-  """
-  table = model.apply(params, method="item_embeddings", **kwargs)
-  if hasattr(model, "item_bias"):
-    return fold_item_bias(hidden, table, model.apply(params, method="item_bias"))
-  return hidden, table
-
-
-def next_item_loss(model: nn.Module, params, batch, dropout_key, loss_fn: LossFn | None = None,
-                   item_mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
-  """`loss_fn` (default: full-softmax CE) at every position with a target (next item or cloze).
-
+  Targets are the next items (causal encoders) or the masked ones (cloze).
   `item_mask` [N + 1]: the items the softmax ranges over (None: all).
   """
   loss_fn = loss_fn or next_item_loss_fn("softmax")
-  dropout_key, table_key, sample_key = jax.random.split(dropout_key, 3)
-  hidden = encode(model, params, batch, deterministic=False, rngs={"dropout": dropout_key})
-  hidden, table = scoring_inputs(model, params, hidden, deterministic=False,
-                                 rngs={"dropout": table_key})
-  return loss_fn(hidden, table, batch["targets"], sample_key, item_mask)
+
+  def batch_loss(params, batch, rng):
+    dropout_key, table_key, sample_key = jax.random.split(rng, 3)
+    hidden = encode(model, params, batch, deterministic=False, rngs={"dropout": dropout_key})
+    hidden, table = scoring_inputs(model, params, hidden, deterministic=False,
+                                   rngs={"dropout": table_key})
+    return loss_fn(hidden, table, batch["targets"], sample_key, item_mask)
+  return batch_loss
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    state: TrainState, loss_fn: LossFn | None = None,
-                    item_mask: np.ndarray | None = None
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(batch_loss: BatchLoss, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    state: TrainState) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The one train step of every task: jitted (state, batch) -> (state, metrics), state donated.
+
+  Each step's rng is the state's dropout key folded with the step number, so a
+  resumed run draws what an uninterrupted one would.
+  """
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   replicated = NamedSharding(mesh, P())
@@ -168,10 +152,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, m
 
   @chex.assert_max_traces(n=1)
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    dropout_key = jax.random.fold_in(state.dropout_key, state.step)
-    grads, metrics = jax.grad(
-        lambda p: next_item_loss(model, p, batch, dropout_key, loss_fn, item_mask),
-        has_aux=True)(state.params)
+    rng = jax.random.fold_in(state.dropout_key, state.step)
+    grads, metrics = jax.grad(lambda p: batch_loss(p, batch, rng), has_aux=True)(state.params)
     return apply_gradients(state, grads, metrics, optimizer)
 
   return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
@@ -183,7 +165,7 @@ def make_rank_step(model: nn.Module, mesh: Mesh, *, item_chunk: int, ties: str) 
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
   def rank_step(params, batch):
-    users, table = scoring_inputs(model, params, last_hidden(encode(model, params, batch), batch["inputs"]))
+    users, table = scoring_inputs(model, params, user_vectors(model, params, batch))
     kwargs = dict(item_chunk=item_chunk, ties=ties)
     return (target_ranks(users, table, batch["targets"], batch["exclude"], **kwargs),
             target_ranks(users, table, batch["targets"], None, **kwargs))
@@ -196,7 +178,7 @@ def make_top_k_step(model: nn.Module, mesh: Mesh, *, k: int, item_chunk: int) ->
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
   def top_k_step(params, batch):
-    users, table = scoring_inputs(model, params, last_hidden(encode(model, params, batch), batch["inputs"]))
+    users, table = scoring_inputs(model, params, user_vectors(model, params, batch))
     return top_k_items(users, table, k, batch["exclude"], item_chunk=item_chunk)[1]
 
   return jax.jit(top_k_step, in_shardings=(None, batch_sharding))

@@ -1,47 +1,55 @@
 """What each task brings to the shared training loop: data, model, state, steps and evaluation.
 
-  * "ranking": next-item prediction over the whole catalogue with a user
-    encoder (SASRec, BERT4Rec trained by cloze, HSTU), any `train.loss`, and
-    full-ranking HR/NDCG/MRR@K under both protocols, plus beyond-accuracy
-    metrics and a popularity baseline in the final results;
+Tasks are registered in `TASKS` by the name `config.task` gives:
+  * "ranking": next-item prediction over the whole catalogue with a sequence
+    encoder (any registered in `models.ENCODERS`; its registration says whether
+    it trains causally or by cloze and which batch keys it reads), any
+    registered `train.loss`, and full-ranking HR/NDCG/MRR@K under both
+    protocols, plus beyond-accuracy metrics and a popularity baseline;
   * "ctr": click prediction (DIN/BST target attention), AUC/GAUC/LogLoss;
   * "rating": rating regression with the same models, RMSE/MAE.
+Each builds a `Job` in three phases, data, model and training, then
+evaluation; every task trains through the one `steps.make_train_step`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import pathlib
 from typing import Any, Callable
 
 import grain
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from recattn_jax.data import readers
 from recattn_jax.data.ctr import build_pointwise_data
-from recattn_jax.data.features import load_item_features
-from recattn_jax.data.loading import (interactions_path, load_split, load_split_features,
-                                      load_user_profiles)
+from recattn_jax.data.features import ItemFeatures, load_item_features
+from recattn_jax.data.loading import (load_interactions, load_split, load_split_features,
+                                      load_user_profiles, resolve_paths)
 from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset
+from recattn_jax.data.preprocess import Split
+from recattn_jax.data.social import UserProfiles
 from recattn_jax.evaluation import metrics_from_ranks, target_ranks
 from recattn_jax.evaluation.beyond import beyond_accuracy_report, item_popularity
 from recattn_jax.evaluation.ctr import ctr_metrics, item_mean_baseline, rating_metrics
-from recattn_jax.models import build_model
-from recattn_jax.models.ctr import build_pointwise_model
+from recattn_jax.models import build_encoder, build_pointwise_model, encoder_spec, init_encoder
+from recattn_jax.registry import Registry
 from recattn_jax.training import pointwise_task
-from recattn_jax.training.losses import next_item_loss_fn
+from recattn_jax.training.losses import LOSSES, next_item_loss_fn
 from recattn_jax.training.steps import (TrainState, init_state, make_optimizer, make_rank_step,
-                                        make_top_k_step, make_train_step, shard_batch)
+                                        make_top_k_step, make_train_step, next_item_loss,
+                                        shard_batch)
 from recattn_jax.training.workdir import content_digest
 
-TASKS = ("ranking", "ctr", "rating")
+TASKS = Registry("task", "task")
 PROTOCOLS = {True: "seen_excluded", False: "all_items"}
 LOWER_IS_BETTER = ("RMSE", "MAE", "LogLoss")
+POINTWISE_METRICS = {"ctr": ("AUC", "GAUC", "LogLoss"), "rating": ("RMSE", "MAE")}
+# The data pipeline's name for each encoder objective.
+_PIPELINE_OBJECTIVE = {"causal": "next_item", "cloze": "cloze"}
 
 
 @dataclasses.dataclass
@@ -65,9 +73,6 @@ def higher_is_better(metric: str) -> bool:
   return metric not in LOWER_IS_BETTER
 
 
-POINTWISE_METRICS = {"ctr": ("AUC", "GAUC", "LogLoss"), "rating": ("RMSE", "MAE")}
-
-
 def _check_early_stopping_metric(config: ml_collections.ConfigDict, task: str) -> None:
   """Fails before training, not at the first evaluation, on a metric the task never reports."""
   metric = config.train.early_stopping_metric
@@ -80,80 +85,96 @@ def _check_early_stopping_metric(config: ml_collections.ConfigDict, task: str) -
                      f"choose one of {list(known)}")
 
 
-def _data_files(data_config: ml_collections.ConfigDict, interactions: pathlib.Path) -> list[str]:
-  """The interactions and every other file a `data.*_path` field names."""
-  named = [value for key, value in data_config.items() if key.endswith("_path") and key != "path"
-           and value]
-  return [str(interactions), *named]
+def _data_files(data_config: ml_collections.ConfigDict) -> list[str]:
+  """Every file a (resolved) `data` section reads: the interactions and the `*_path` fields."""
+  return [value for key, value in data_config.items()
+          if (key == "path" or key.endswith("_path")) and value]
 
 
 def build_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
-  task = config.get("task", "ranking")
-  if task not in TASKS:
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-  _check_early_stopping_metric(config, task)
-  if task == "ranking":
-    return ranking_job(config, mesh)
-  return pointwise_job(config, mesh, task)
+  build = TASKS.get(config.task)
+  _check_early_stopping_metric(config, config.task)
+  return build(config, mesh)
+
+
+def _training_schedule(config: ml_collections.ConfigDict, rows: int, *, drop_remainder: bool):
+  """(steps per epoch, total steps, optimizer) for `rows` training rows a pass."""
+  steps_per_epoch = (max(1, rows // config.train.batch_size) if drop_remainder
+                     else math.ceil(rows / config.train.batch_size))
+  total_steps = config.train.num_epochs * steps_per_epoch
+  return steps_per_epoch, total_steps, make_optimizer(config.train, total_steps)
 
 
 # ----------------------------------------------------------------------------
 # Next-item ranking.
 
 
-def _objective(model_config) -> str:
-  return "cloze" if model_config.name == "bert4rec" else "next_item"
+@dataclasses.dataclass
+class RankingData:
+  split: Split
+  item_features: ItemFeatures | None
+  user_profiles: UserProfiles | None
 
 
-def _uses_timestamps(model_config) -> bool:
-  return model_config.name == "hstu" and model_config.get("num_time_buckets", 0) > 0
+def _ranking_data(data_config: ml_collections.ConfigDict) -> RankingData:
+  split = load_split(data_config)
+  return RankingData(split, load_split_features(data_config, split),
+                     load_user_profiles(data_config, split))
 
 
+def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray):
+  """The configured loss, and the items it may rank over (`train.negatives`)."""
+  name = config.train.loss.name
+  loss_fn = next_item_loss_fn(name, **config.train.loss.get(name, {}))
+  if config.train.negatives not in ("all", "trained"):
+    raise ValueError(f"train.negatives must be 'all' or 'trained', got {config.train.negatives!r}")
+  if config.train.negatives == "all":
+    return loss_fn, None
+  if not LOSSES.spec(name).get("item_mask"):
+    raise ValueError(f"train.negatives='trained' needs a loss registered with item_mask=True "
+                     f"(e.g. 'softmax'), not train.loss.name={name!r}")
+  return loss_fn, popularity > 0  # items that arrive after training could not have been negatives
+
+
+@TASKS.register("ranking")
 def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
-  split = load_split(config.data)
-  item_features = load_split_features(config.data, split)
-  user_profiles = load_user_profiles(config.data, split)
-  max_len = config.data.max_len
-  model = build_model(config.model, num_items=split.num_items, max_len=max_len,
-                      item_features=item_features, user_profiles=user_profiles)
-  objective = _objective(config.model)
-  mask_id = split.num_items + 1 if objective == "cloze" else None
-  timestamps = _uses_timestamps(config.model)
-  cloze = dict(objective=objective, mask_prob=config.train.get("mask_prob", 0.2), mask_id=mask_id,
-               last_item_prob=config.train.get("last_item_prob", 0.0))
+  data_config = resolve_paths(config.data)
+  data = _ranking_data(data_config)
+  split, max_len = data.split, data_config.max_len
+
+  # The model, and what it reads and trains with.
+  model = build_encoder(config.model, num_items=split.num_items, max_len=max_len,
+                        item_features=data.item_features, user_profiles=data.user_profiles)
+  spec = encoder_spec(config.model.name)
+  objective = _PIPELINE_OBJECTIVE[spec["objective"]]
+  timestamps = "timestamps" in spec["batch_keys"]
+  with_users = data.user_profiles is not None
+
+  # Training: the pipeline, the schedule, the state and the batch loss.
   rows = rows_per_pass(split.train, max_len=max_len, seed=config.seed, pack=config.data.pack,
                        all_windows=config.data.all_windows, objective=objective)
-  steps_per_epoch = math.ceil(rows / config.train.batch_size)
-  total_steps = config.train.num_epochs * steps_per_epoch
-  optimizer = make_optimizer(config.train, total_steps)
-  state = init_state(model, optimizer, seed=config.seed, max_len=max_len, mesh=mesh)
+  steps_per_epoch, total_steps, optimizer = _training_schedule(config, rows, drop_remainder=False)
+  state = init_state(functools.partial(init_encoder, model, max_len=max_len), optimizer,
+                     seed=config.seed, mesh=mesh)
   data_iter = iter(train_dataset(
       split.train, max_len=max_len, batch_size=config.train.batch_size, seed=config.seed,
       padding=config.data.padding, pack=config.data.pack, all_windows=config.data.all_windows,
-      prefetch=config.data.prefetch, timestamps=split.train_timestamps if timestamps else None,
-      users=split.train_users if user_profiles is not None else None,
-      **cloze))
-  loss_fn = next_item_loss_fn(
-      config.train.get("loss", "softmax"), num_negatives=config.train.get("num_negatives", None),
-      negative_sampler=config.train.get("negative_sampler", "uniform"),
-      logq_correction=config.train.get("logq_correction", True),
-      gbce_t=config.train.get("gbce_t", 0.75))
-  rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
+      prefetch=config.data.prefetch, objective=objective, mask_prob=config.train.mask_prob,
+      mask_id=model.mask_id, last_item_prob=config.train.last_item_prob,
+      timestamps=split.train_timestamps if timestamps else None,
+      users=split.train_users if with_users else None))
   popularity = item_popularity(split.train, split.num_items)
-  negatives = config.train.get("negatives", "all")
-  if negatives not in ("all", "trained"):
-    raise ValueError(f"train.negatives must be 'all' or 'trained', got {negatives!r}")
-  if negatives == "trained" and config.train.get("loss", "softmax") != "softmax":
-    raise ValueError("train.negatives='trained' needs train.loss='softmax'")
-  # Items that arrive after training could not have been negatives during it.
-  item_mask = popularity > 0 if negatives == "trained" else None
+  loss_fn, item_mask = _ranking_loss(config, popularity)
+
+  # Evaluation: full ranking of both protocols, beyond-accuracy lists, the baseline.
+  rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
 
   def batches_of(eval_set):
     return eval_batches(eval_set.histories, eval_set.targets, max_len=max_len,
                         batch_size=config.eval.batch_size, padding=config.data.padding,
-                        append_mask_id=mask_id,
+                        append_mask_id=model.mask_id,
                         timestamps=eval_set.history_timestamps if timestamps else None,
-                        users=eval_set.users if user_profiles is not None else None)
+                        users=eval_set.users if with_users else None)
 
   def evaluate(params, which: str) -> dict:
     ranks = {True: [], False: []}
@@ -167,8 +188,7 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
 
   def report(params) -> dict:
     """Beyond-accuracy metrics of the test top-K lists, and the popularity baseline."""
-    k = max(config.eval.ks)
-    top_k_step = make_top_k_step(model, mesh, k=k, item_chunk=config.eval.item_chunk)
+    top_k_step = make_top_k_step(model, mesh, k=max(config.eval.ks), item_chunk=config.eval.item_chunk)
     lists = []
     for batch in batches_of(split.test):
       rows = int(batch["weight"].sum())
@@ -183,10 +203,11 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
                           *(part for eval_set in (split.valid, split.test)
                             for part in (eval_set.users, eval_set.targets, eval_set.histories)))
   return Job(state=state, data_iter=data_iter,
-             make_train_step=lambda s: make_train_step(model, optimizer, mesh, s, loss_fn, item_mask),
+             make_train_step=lambda s: make_train_step(next_item_loss(model, loss_fn, item_mask),
+                                                       optimizer, mesh, s),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
              primary=PROTOCOLS[config.eval.exclude_seen], stats=split.stats, report=report,
-             data_digest=digest, data_files=_data_files(config.data, pathlib.Path(split.stats["source"])))
+             data_digest=digest, data_files=_data_files(data_config))
 
 
 def popularity_baseline(eval_set, popularity: np.ndarray, config) -> dict:
@@ -229,43 +250,46 @@ def _pointwise_batches(arrays: dict, *, batch_size: int, seed: int) -> grain.Map
           .batch(batch_size, drop_remainder=True))
 
 
-def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> Job:
-  data_config = config.data
-  # The click/rating examples are built from every rated event, split in time per user.
+def _check_pointwise_data_config(data_config: ml_collections.ConfigDict, task: str) -> None:
+  """The click/rating examples are built from every rated event, split in time per user."""
   unsupported = {"data.split": data_config.split != "leave_one_out",
                  "data.min_rating": data_config.min_rating is not None,
                  "data.dedupe": bool(data_config.dedupe),
                  "data.user_k": bool(data_config.user_k), "data.item_k": bool(data_config.item_k),
-                 "data.user_friends_path": bool(data_config.get("user_friends_path", ""))}
+                 "data.user_friends_path": bool(data_config.user_friends_path)}
   for field, used in unsupported.items():
     if used:
       raise ValueError(f"{field} is not supported by task={task!r} (leave it at its default)")
-  path = interactions_path(data_config)
-  frame = readers.read_interactions(path, fmt=data_config.format)
+
+
+def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> Job:
+  _check_pointwise_data_config(config.data, task)
+  data_config = resolve_paths(config.data)
+  frame, path = load_interactions(data_config)
   if task == "rating":
     check_rating_range(frame, path, tuple(data_config.rating_range))
   data = build_pointwise_data(
-      frame, task, max_len=data_config.max_len,
-      threshold=data_config.get("click_threshold", 4.0),
-      negatives_per_positive=data_config.get("negatives_per_positive", 1),
-      with_ratings=data_config.get("with_ratings", False), seed=config.seed)
+      frame, task, max_len=data_config.max_len, threshold=data_config.click_threshold,
+      negatives_per_positive=data_config.negatives_per_positive,
+      with_ratings=data_config.with_ratings, seed=config.seed)
   data.stats["source"] = str(path)
-  item_features = None
-  if data_config.get("item_features_path") or data_config.get("text_embeddings_path"):
-    # Any item in a training example (clicked, not clicked or sampled) gets its id row trained.
-    item_features = load_item_features(data_config, data.item_ids, train=[data.train.items])
+  # Any item in a training example (clicked, not clicked or sampled) gets its id row trained.
+  item_features = load_item_features(data_config, data.item_ids, train=[data.train.items])
+
   model = build_pointwise_model(config.model, task=task, num_items=data.num_items,
                                 num_users=data.num_users, max_len=data_config.max_len,
                                 global_mean=float(data.stats.get("train_label_mean", 0.0)),
                                 item_features=item_features)
+
   train_arrays = data.train.arrays()
-  steps_per_epoch = max(1, len(data.train) // config.train.batch_size)
-  total_steps = config.train.num_epochs * steps_per_epoch
-  optimizer = make_optimizer(config.train, total_steps)
+  steps_per_epoch, total_steps, optimizer = _training_schedule(config, len(data.train),
+                                                               drop_remainder=True)
   example = {key: value[:1] for key, value in train_arrays.items()}
-  state = pointwise_task.init_pointwise_state(model, optimizer, example, seed=config.seed, mesh=mesh)
+  state = init_state(pointwise_task.init_params(model, example), optimizer, seed=config.seed,
+                     mesh=mesh)
   data_iter = iter(_pointwise_batches(train_arrays, batch_size=config.train.batch_size,
                                       seed=config.seed))
+
   predict_step = pointwise_task.make_predict_step(model, task, mesh=mesh)
 
   def evaluate(params, which: str) -> dict:
@@ -284,11 +308,15 @@ def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> J
   digest = content_digest(data.user_ids, data.item_ids, *(
       array for part in (data.train, data.valid, data.test) for array in part.arrays().values()))
   return Job(state=state, data_iter=data_iter,
-             make_train_step=lambda s: pointwise_task.make_pointwise_train_step(
-                 model, optimizer, task, mesh=mesh),
+             make_train_step=lambda s: make_train_step(pointwise_task.batch_loss(model, task),
+                                                       optimizer, mesh, s),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
              primary=task, stats=data.stats, report=report, data_digest=digest,
-             data_files=_data_files(data_config, path))
+             data_files=_data_files(data_config))
+
+
+TASKS.register("ctr")(functools.partial(pointwise_job, task="ctr"))
+TASKS.register("rating")(functools.partial(pointwise_job, task="rating"))
 
 
 def check_rating_range(frame, path, rating_range: tuple[float, float]) -> None:

@@ -138,9 +138,31 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, A
   return flat
 
 
+# Config nodes holding a `name` and one section per registered choice: only the
+# chosen section can change the run.
+_CHOICE_NODES = ("model", "train.loss")
+
+
+def _inactive_sections(config: ml_collections.ConfigDict) -> set[str]:
+  inactive = set()
+  for node_path in _CHOICE_NODES:
+    node = config
+    for key in node_path.split("."):
+      node = node.get(key) if isinstance(node, ml_collections.ConfigDict) else None
+    if isinstance(node, ml_collections.ConfigDict) and "name" in node:
+      inactive |= {f"{node_path}.{key}." for key, value in node.items()
+                   if isinstance(value, ml_collections.ConfigDict) and key != node.name}
+  return inactive
+
+
 def config_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Every config field that can change the model, the data or the metrics, flattened."""
-  return {k: v for k, v in _flatten(config).items() if k not in IGNORED_FIELDS}
+  """Every config field that can change the model, the data or the metrics, flattened.
+
+  Left out: `IGNORED_FIELDS` and the sections of the models and losses not chosen.
+  """
+  inactive = _inactive_sections(config)
+  return {k: v for k, v in _flatten(config).items()
+          if k not in IGNORED_FIELDS and not any(k.startswith(prefix) for prefix in inactive)}
 
 
 def source_files(paths: list[str | pathlib.Path]) -> dict[str, dict]:

@@ -1,6 +1,6 @@
-"""Music: SASRec+ on Last.fm HetRec 2011 (`../shared/data/lastfm-hetrec2k`), play counts as feedback.
+"""Music: SASRec+ on Last.fm HetRec 2011 (dataset `lastfm-hetrec2k`), play counts as feedback.
 
-  python -m recattn_jax.train --config configs/sasrec_lastfm.py --workdir runs/sasrec_lastfm
+  python -m recattn_jax.train --config sasrec_lastfm --workdir runs/sasrec_lastfm
 
 The data has no times: each user lists their top-50 artists with play counts.
 The reader orders every user's artists from least to most played (play count

@@ -1,6 +1,6 @@
 """Click prediction on MovieLens-100K: DIN-style target attention over the user's history.
 
-  python -m recattn_jax.train --config configs/ctr_ml100k.py --workdir runs/ctr_ml100k
+  python -m recattn_jax.train --config ctr_ml100k --workdir runs/ctr_ml100k
 
 A rating >= 4 is a click, a rating below is a non-click, and one item the user
 never rated is sampled per event as a further non-click. The candidate item
@@ -16,5 +16,5 @@ def get_config():
   config = get_ml100k_pointwise_config("ctr")
   config.data.click_threshold = 4.0
   config.data.negatives_per_positive = 1
-  config.model.head = "mlp"
+  config.model.din.head = "mlp"
   return config

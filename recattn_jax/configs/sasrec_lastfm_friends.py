@@ -1,6 +1,6 @@
 """`sasrec_lastfm` plus the friend graph as a user context (Last.fm HetRec 2011).
 
-  python -m recattn_jax.train --config configs/sasrec_lastfm_friends.py --workdir runs/sasrec_lastfm_friends
+  python -m recattn_jax.train --config sasrec_lastfm_friends --workdir runs/sasrec_lastfm_friends
 
 Every event of a user also gets a context vector: the artists the user's
 friends (`user_friends.dat`) played in training, the 50 shared by most

@@ -1,6 +1,6 @@
 """BERT4Rec on MovieLens-100K, leave-one-out.
 
-  python -m recattn_jax.train --config configs/bert4rec_ml100k.py --workdir runs/bert4rec_ml100k
+  python -m recattn_jax.train --config bert4rec_ml100k --workdir runs/bert4rec_ml100k
 """
 
 from recattn_jax.config import get_default_config

@@ -1,6 +1,6 @@
 """HSTU-style generative encoder on MovieLens-100K, leave-one-out.
 
-  python -m recattn_jax.train --config configs/hstu_ml100k.py --workdir runs/hstu_ml100k
+  python -m recattn_jax.train --config hstu_ml100k --workdir runs/hstu_ml100k
 """
 
 from recattn_jax.config import get_default_config

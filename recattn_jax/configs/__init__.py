@@ -1,0 +1,21 @@
+"""The shipped configs, selectable by name: `python -m recattn_jax.train --config sasrec_ml100k`.
+
+Each module's `get_config()` returns an `ml_collections.ConfigDict`; its
+docstring holds the run command. `path(name)` finds one, `names()` lists them.
+"""
+
+import pathlib
+
+FOLDER = pathlib.Path(__file__).resolve().parent
+
+
+def names() -> list[str]:
+  return sorted(p.stem for p in FOLDER.glob("*.py") if not p.name.startswith("_"))
+
+
+def path(name: str) -> pathlib.Path:
+  """The file of shipped config `name` (with or without ".py")."""
+  stem = name[:-3] if name.endswith(".py") else name
+  if stem not in names():
+    raise ValueError(f"no shipped config {name!r}; shipped: {names()}")
+  return FOLDER / f"{stem}.py"

@@ -1,0 +1,80 @@
+"""From a sequence encoder and a batch to scores over the catalogue.
+
+What training, evaluation, explanation and serving share, so that each calls
+an encoder the same way: `encode` feeds the keys a batch has, `user_vectors`
+takes each row's newest position, and `scoring_inputs` returns (users, table)
+whose dot products are the model's item scores, with an encoder's output bias
+folded into one extra column.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from recattn_jax.models.base import SequenceEncoder
+
+# Batch keys an encoder may read besides "inputs" and "segment_ids".
+OPTIONAL_KEYS = ("timestamps", "users")
+
+
+def init_encoder(model: SequenceEncoder, key: jax.Array, max_len: int):
+  """An encoder's variables from a dummy batch (with `users` when it has a user context)."""
+  dummy = jnp.zeros((1, max_len), jnp.int32)
+  users = dummy if model.user_profiles is not None else None
+  return model.init(key, dummy, users=users)
+
+
+def encode(model: SequenceEncoder, params, batch: dict, **kwargs) -> jax.Array:
+  """Hidden states [B, L, D] of a batch; packing segment ids, timestamps and users when it has them."""
+  for key in OPTIONAL_KEYS:
+    if key in batch:
+      kwargs[key] = batch[key]
+  return model.apply(params, batch["inputs"], batch.get("segment_ids"), **kwargs)
+
+
+def last_hidden(hidden: jax.Array, items: jax.Array) -> jax.Array:
+  """Hidden state at each row's newest event ([B, D]), for left or right padding."""
+  valid = items > 0
+  index = jnp.where(valid, jnp.arange(items.shape[-1]), -1).max(axis=-1)
+  index = jnp.maximum(index, 0)
+  return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
+
+
+def user_vectors(model: SequenceEncoder, params, batch: dict) -> jax.Array:
+  """[B, D]: the encoder's output at each row's newest input (a mask token for cloze encoders)."""
+  return last_hidden(encode(model, params, batch), batch["inputs"])
+
+
+def fold_item_bias(hidden: jax.Array, table: jax.Array,
+                   bias: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(hidden [..., D+1], table [N+1, D+1]) whose dot products equal hidden @ table.T + bias.
+
+  Appends a constant 1 to every hidden state and the bias as the table's last
+  column, so scorers that only take (users, table) include the bias.
+  """
+  ones = jnp.ones(hidden.shape[:-1] + (1,), hidden.dtype)
+  return (jnp.concatenate([hidden, ones], axis=-1),
+          jnp.concatenate([table, bias[:, None].astype(table.dtype)], axis=-1))
+
+
+def scoring_inputs(model: SequenceEncoder, params, hidden: jax.Array, **kwargs) -> tuple[jax.Array, jax.Array]:
+  """(hidden, table) whose dot products are the model's item scores (an output bias folded in).
+
+  `kwargs` (deterministic=False, rngs=...) reach `item_embeddings`, for item id dropout.
+  """
+  table = model.apply(params, method="item_embeddings", **kwargs)
+  if model.has_item_bias:
+    return fold_item_bias(hidden, table, model.apply(params, method="item_bias"))
+  return hidden, table
+
+
+def catalogue_logits(hidden: jax.Array, item_table: jax.Array) -> jax.Array:
+  """Scores of every item (padding row masked out), accumulated and returned in float32.
+
+  The table is cast to the activations' dtype so that a bf16 model multiplies in
+  bf16 while its parameters and the softmax stay in float32.
+  """
+  logits = jnp.einsum("...d,nd->...n", hidden, item_table.astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
+  return logits.at[..., 0].set(-1e30)
