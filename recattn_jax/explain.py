@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from recattn_jax.data import preprocess, readers
 from recattn_jax.data.loading import load_split, load_split_features, load_user_profiles
 from recattn_jax.data.readers import item_titles
 from recattn_jax.data.cloze import append_mask

@@ -1,7 +1,6 @@
 """Every shipped config loads by name, keeps the default schema, passes the checks, and names its run command."""
 
 import importlib.util
-import pathlib
 
 import pytest
 

@@ -142,3 +142,18 @@ def test_companion_files_resolve_inside_the_dataset_folder(data_dirs):
   with pytest.raises(FileNotFoundError, match="data.user_friends_path='friends.dat' does not exist"):
     resolve_paths(config.data)
   assert os.environ["RECATTN_DATA_DIR"] == str(home)
+
+
+def test_item_titles_from_recbole_and_grouplens_item_files(tmp_path):
+  from recattn_jax.data import item_titles  # pylint: disable=g-import-not-at-top
+  recbole = tmp_path / "recbole"
+  recbole.mkdir()
+  (recbole / "ml.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\n"
+                                   "10\tToy Story\t1995\n20\tHeat\t\n")
+  ids = np.array(["<pad>", "10", "20", "30"], dtype=object)
+  assert list(item_titles(ids, recbole / "ml.inter")) == ["<pad>", "Toy Story (1995)", "Heat", "30"]
+  grouplens = tmp_path / "grouplens"
+  grouplens.mkdir()
+  (grouplens / "u.item").write_bytes("10|Caf\xe9 (1994)|x\n".encode("latin-1"))
+  assert list(item_titles(ids[:2], grouplens)) == ["<pad>", "Caf\xe9 (1994)"]
+  assert list(item_titles(ids[:2], tmp_path)) == ["<pad>", "10"]  # no item file: the ids

@@ -20,28 +20,9 @@ import pytest
 from recattn_jax.config import ConfigError, check_config, get_default_config
 from recattn_jax.training import loop, workdir as workdir_lib
 from recattn_jax.training.metric_writer import read_metrics
-from tests.helpers import tiny_config, write_ratings_file, write_sequence_file
+from tests.helpers import tiny_config, write_ratings_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-  return write_sequence_file(tmp_path_factory.mktemp("data") / "seqs.txt")
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, data_file):
-  workdir = tmp_path_factory.mktemp("run") / "run"
-  results = loop.train_and_evaluate(tiny_config(data_file), workdir)
-  return workdir, results
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path):
-  workdir, results = finished_run
-  shutil.copytree(workdir, tmp_path / "copy")
-  return tmp_path / "copy", results
 
 
 # ----------------------------------------------------------------------------

@@ -18,27 +18,7 @@ import pytest
 
 from recattn_jax.training import checkpoint, loop, steps, tasks
 from recattn_jax.training.metric_writer import read_metrics
-from tests.helpers import tiny_config, write_sequence_file
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-  return write_sequence_file(tmp_path_factory.mktemp("data") / "seqs.txt")
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, data_file):
-  workdir = tmp_path_factory.mktemp("run") / "run"
-  results = loop.train_and_evaluate(tiny_config(data_file), workdir)
-  return workdir, results
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path):
-  workdir, results = finished_run
-  copy = tmp_path / "copy"
-  shutil.copytree(workdir, copy)
-  return copy, results
+from tests.helpers import tiny_config
 
 
 def _step_dirs(workdir: pathlib.Path, kind: str) -> list[pathlib.Path]:

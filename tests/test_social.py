@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recattn_jax.config import get_default_config
 from recattn_jax.data.pipeline import eval_batches, train_dataset
 from recattn_jax.data.preprocess import build_sequences, leave_one_out
 from recattn_jax.data.readers import DataFormatError

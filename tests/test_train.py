@@ -8,19 +8,7 @@ import pytest
 
 from recattn_jax.training import loop, tasks
 from recattn_jax.training.metric_writer import read_metrics
-from tests.helpers import tiny_config, write_sequence_file
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-  return write_sequence_file(tmp_path_factory.mktemp("data") / "seqs.txt")
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, data_file):
-  workdir = tmp_path_factory.mktemp("run")
-  results = loop.train_and_evaluate(tiny_config(data_file), workdir)
-  return workdir, results
+from tests.helpers import tiny_config
 
 
 def test_smoke_run_writes_results_and_metrics(finished_run):

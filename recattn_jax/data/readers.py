@@ -26,7 +26,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -741,16 +741,16 @@ def read_interactions(path: PathLike, fmt: str = "auto", **kwargs: Any) -> pd.Da
   return READERS.get(fmt)(path, **kwargs)
 
 
-def item_titles(original_ids: np.ndarray, source: str | pathlib.Path) -> np.ndarray:
+def item_titles(original_ids: np.ndarray, source: str | Path) -> np.ndarray:
   """Display name of each internal item id: the title when the data folder has one.
 
   Reads a RecBole `.item` file (title and year fields) or GroupLens `u.item`
   beside the interactions; otherwise the original ids are the names.
   """
-  source = pathlib.Path(source)
+  source = Path(source)
   folder = source if source.is_dir() else source.parent
   names = {}
-  recbole = sorted(folder.glob("*.item"))
+  recbole = sorted(p for p in folder.glob("*.item") if p.name != "u.item")  # u.item: GroupLens
   if recbole:
     frame = read_recbole_item_features(recbole[0])
     title = next((c for c in frame.columns if "title" in c), None)
