@@ -25,7 +25,8 @@ from recattn_jax.models.heads import LinearHead, MLPHead, ResidualMLPHead, build
 from recattn_jax.models.hstu import HSTU
 from recattn_jax.models.item_encoder import ItemEncoder
 from recattn_jax.models.matchers import TargetAttention
-from recattn_jax.models.registry import ENCODERS, HEADS, MATCHERS, POINTWISE_MODELS, encoder_spec
+from recattn_jax.models.registry import (ENCODERS, HEADS, ITEM_ENCODERS, MATCHERS, POINTWISE_MODELS,
+                                         encoder_spec)
 from recattn_jax.models.sasrec import SASRec
 from recattn_jax.models.scoring import (catalogue_logits, encode, fold_item_bias, init_encoder,
                                         last_hidden, scoring_inputs, user_vectors)
@@ -33,7 +34,7 @@ from recattn_jax.models.user_context import UserContext
 from recattn_jax.registry import check_keywords, keyword_defaults
 
 __all__ = [
-    "BERT4Rec", "BST", "DIN", "ENCODERS", "Encoder", "GRU4Rec", "HEADS", "HSTU", "ItemEncoder",
+    "BERT4Rec", "BST", "DIN", "ENCODERS", "Encoder", "GRU4Rec", "HEADS", "HSTU", "ITEM_ENCODERS", "ItemEncoder",
     "Layout", "LinearHead", "MATCHERS", "MLPHead", "POINTWISE_MODELS", "ResidualMLPHead", "SASRec",
     "SequenceEncoder", "TargetAttention", "TargetAttentionModel", "UserContext", "UserProfiles",
     "build_encoder", "build_head", "build_pointwise_model", "catalogue_logits", "encode",

@@ -28,7 +28,7 @@ from recattn_jax.attention import AttentionFn, MaskSpec, attention_fn
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.data.social import UserProfiles
 from recattn_jax.models.dropout import Dropout
-from recattn_jax.models.item_encoder import ItemEncoder
+from recattn_jax.models.item_encoder import ITEM_ENCODERS
 from recattn_jax.models.transformer import head_dim
 from recattn_jax.models.user_context import UserContext, check_users
 
@@ -143,11 +143,10 @@ class SequenceEncoder(nn.Module):
     return head_dim(self.embed_dim, self.num_heads)
 
   def setup(self):
-    self.item_embed = ItemEncoder(self.num_items, self.embed_dim, item_features=self.item_features,
-                                  representation=self.item_representation,
-                                  id_dropout=self.item_id_dropout,
-                                  attention_fn=attention_fn(self.item_attention_impl),
-                                  name="item_embed")
+    self.item_embed = ITEM_ENCODERS.get(self.item_representation)(
+        self.num_items, self.embed_dim, item_features=self.item_features,
+        id_dropout=self.item_id_dropout, attention_fn=attention_fn(self.item_attention_impl),
+        name="item_embed")
     if self.uses_positions:
       self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
                                 embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")

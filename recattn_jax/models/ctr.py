@@ -23,7 +23,7 @@ from recattn_jax.attention import MaskSpec, attention_fn
 from recattn_jax.models.base import positions_in_sequence
 from recattn_jax.models.dropout import Dropout
 from recattn_jax.models.heads import build_head
-from recattn_jax.models.item_encoder import ItemEncoder
+from recattn_jax.models.item_encoder import ITEM_ENCODERS
 from recattn_jax.models.registry import MATCHERS, POINTWISE_MODELS
 from recattn_jax.models.transformer import TransformerBlock
 
@@ -76,8 +76,8 @@ class TargetAttentionModel(nn.Module):
       raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
     init = nn.initializers.normal(stddev=0.02)
     attention = attention_fn(self.attention_impl)
-    self.item_embed = ItemEncoder(self.num_items, self.embed_dim, item_features=self.item_features,
-                                  representation=self.item_representation, name="item_embed")
+    self.item_embed = ITEM_ENCODERS.get(self.item_representation)(
+        self.num_items, self.embed_dim, item_features=self.item_features, name="item_embed")
     if self.use_positions:
       self.pos_embed = nn.Embed(self.max_len, self.embed_dim, embedding_init=init,
                                 name="pos_embed")

@@ -14,12 +14,15 @@ Three representations (`ItemEncoder.representation`):
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from recattn_jax.attention import AttentionFn, MaskSpec, attention_fn
 from recattn_jax.data.features import ItemFeatures
+from recattn_jax.models.registry import ITEM_ENCODERS
 from recattn_jax.models.transformer import head_dim
 
 REPRESENTATIONS = ("id", "content", "both")
@@ -188,3 +191,8 @@ class ItemEncoder(nn.Module):
 
   def table(self, *, deterministic: bool = True) -> jax.Array:
     return self._rows(None, deterministic)
+
+
+for _representation in REPRESENTATIONS:
+  ITEM_ENCODERS.register(_representation)(functools.partial(ItemEncoder,
+                                                            representation=_representation))

@@ -17,6 +17,9 @@ from recattn_jax.registry import Registry
 OBJECTIVES = ("causal", "cloze")
 
 ENCODERS = Registry("encoder", "model.name")
+# Factories (num_items, features, *, item_features, id_dropout, attention_fn, name) -> a module
+# with `__call__(ids, deterministic=)` and `table(deterministic=)`.
+ITEM_ENCODERS = Registry("item encoder", "model.*.item_representation")
 POINTWISE_MODELS = Registry("click/rating model", "model.name")
 HEADS = Registry("head", "model.*.head")
 MATCHERS = Registry("matcher", "model.*.matcher")

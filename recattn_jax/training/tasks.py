@@ -73,13 +73,14 @@ def higher_is_better(metric: str) -> bool:
   return metric not in LOWER_IS_BETTER
 
 
+def _ranking_metrics(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return tuple(f"{name}@{k}" for name in ("HR", "NDCG", "MRR") for k in config.eval.ks)
+
+
 def _check_early_stopping_metric(config: ml_collections.ConfigDict, task: str) -> None:
   """Fails before training, not at the first evaluation, on a metric the task never reports."""
   metric = config.train.early_stopping_metric
-  if task == "ranking":
-    known = tuple(f"{name}@{k}" for name in ("HR", "NDCG", "MRR") for k in config.eval.ks)
-  else:
-    known = POINTWISE_METRICS.get(task, ())
+  known = TASKS.spec(task)["metrics"](config)
   if metric not in known:
     raise ValueError(f"train.early_stopping_metric={metric!r} is not a metric of task={task!r}; "
                      f"choose one of {list(known)}")
@@ -92,6 +93,7 @@ def _data_files(data_config: ml_collections.ConfigDict) -> list[str]:
 
 
 def build_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
+  """The job of the task `config.task` names (registered in TASKS with the metrics it reports)."""
   build = TASKS.get(config.task)
   _check_early_stopping_metric(config, config.task)
   return build(config, mesh)
@@ -136,7 +138,7 @@ def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray):
   return loss_fn, popularity > 0  # items that arrive after training could not have been negatives
 
 
-@TASKS.register("ranking")
+@TASKS.register("ranking", metrics=_ranking_metrics)
 def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
   data_config = resolve_paths(config.data)
   data = _ranking_data(data_config)
@@ -315,8 +317,9 @@ def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> J
              data_files=_data_files(data_config))
 
 
-TASKS.register("ctr")(functools.partial(pointwise_job, task="ctr"))
-TASKS.register("rating")(functools.partial(pointwise_job, task="rating"))
+for _task, _metrics in POINTWISE_METRICS.items():
+  TASKS.register(_task, metrics=lambda config, metrics=_metrics: metrics)(
+      functools.partial(pointwise_job, task=_task))
 
 
 def check_rating_range(frame, path, rating_range: tuple[float, float]) -> None:
