@@ -27,6 +27,16 @@ import numpy as np
 TIE_MODES = ("pessimistic", "optimistic")
 
 
+def seen_in_chunk(exclude: jax.Array, start: jax.Array, item_chunk: int) -> jax.Array:
+  """[B, item_chunk] True where item `start + j` is among the row's `exclude` ids (0 = none)."""
+  batch = exclude.shape[0]
+  local = exclude - start
+  in_chunk = (exclude > 0) & (local >= 0) & (local < item_chunk)
+  rows = jnp.broadcast_to(jnp.arange(batch)[:, None], exclude.shape)
+  return jnp.zeros((batch, item_chunk), bool).at[rows, jnp.where(in_chunk, local, item_chunk)].set(
+      True, mode="drop")
+
+
 @functools.partial(jax.jit, static_argnames=("item_chunk", "ties"))
 def target_ranks(user_repr: jax.Array, item_table: jax.Array, targets: jax.Array,
                  exclude: jax.Array | None = None, *, item_chunk: int = 4096,
@@ -63,12 +73,7 @@ def target_ranks(user_repr: jax.Array, item_table: jax.Array, targets: jax.Array
     competes = (ids > 0) & (ids < num_rows)
     competes = jnp.broadcast_to(competes, scores.shape) & (ids[None, :] != targets[:, None])
     if exclude is not None:
-      local = exclude - start
-      in_chunk = (exclude > 0) & (local >= 0) & (local < item_chunk)
-      rows = jnp.broadcast_to(jnp.arange(batch)[:, None], exclude.shape)
-      seen = jnp.zeros((batch, item_chunk), bool).at[rows, jnp.where(in_chunk, local, item_chunk)].set(
-          True, mode="drop")
-      competes &= ~seen
+      competes &= ~seen_in_chunk(exclude, start, item_chunk)
     if ties == "pessimistic":
       ahead = scores >= target_scores[:, None]
     else:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recattn_jax.data.pipeline import eval_batches
+from recattn_jax.evaluation.ranking import seen_in_chunk
 from recattn_jax.models.scoring import scoring_inputs, user_vectors
 
 
@@ -52,12 +53,7 @@ def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
     scores = user_repr @ chunk.T
     eligible = ((ids > 0) & (ids < num_rows)) & jnp.isfinite(scores)
     if exclude is not None:
-      local = exclude - start
-      in_chunk = (exclude > 0) & (local >= 0) & (local < item_chunk)
-      rows = jnp.broadcast_to(jnp.arange(batch)[:, None], exclude.shape)
-      seen = jnp.zeros((batch, item_chunk), bool).at[rows, jnp.where(in_chunk, local, item_chunk)].set(
-          True, mode="drop")
-      eligible &= ~seen
+      eligible &= ~seen_in_chunk(exclude, start, item_chunk)
     scores = jnp.where(eligible, scores, -jnp.inf)
     # The running best come first and hold lower ids than this chunk, and
     # `lax.top_k` puts the lower index first among equal values: ties go to
