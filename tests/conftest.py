@@ -22,16 +22,16 @@ def shared_data() -> pathlib.Path:
   return SHARED_DATA
 
 
-# A finished tiny run, once per test module (module-scoped, so modules that
-# run in parallel workers do not share a workdir), and a fresh copy of it to damage.
+# A finished tiny run, once per test process (each xdist worker has its own), and a
+# fresh copy of it for tests that damage or change it.
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_file(tmp_path_factory) -> pathlib.Path:
   return write_sequence_file(tmp_path_factory.mktemp("data") / "seqs.txt")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, data_file):
   workdir = tmp_path_factory.mktemp("run") / "run"
   return workdir, loop.train_and_evaluate(tiny_config(data_file), workdir)

@@ -1,8 +1,10 @@
-"""The recipes of docs/contributing.md, followed from outside the library: a new encoder and a new loss.
+"""The recipes of docs/contributing.md, followed from outside the library: an encoder, a loss, a reader.
 
-Both are registered from this file (no library file is edited), picked by
+Each is registered from this file (no library file is edited), picked by
 name in a config, and trained end to end through `train_and_evaluate`.
 """
+
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -11,7 +13,8 @@ import numpy as np
 import pytest
 
 from recattn_jax.config import get_default_config
-from recattn_jax.models import ENCODERS, SequenceEncoder, build_encoder, encoder_kwargs, encoder_spec
+from recattn_jax.models import (ENCODERS, Encoder, SequenceEncoder, build_encoder, encoder_kwargs,
+                                encoder_spec)
 from recattn_jax.registry import Registry
 from recattn_jax.training import losses
 from recattn_jax.training.loop import train_and_evaluate
@@ -87,6 +90,13 @@ def test_misspelt_fields_and_unknown_names_are_named(registered):
     ENCODERS.register("sasrec")(MeanPool)
 
 
+def test_every_shipped_encoder_has_the_encoder_interface():
+  for name in ENCODERS:
+    config = get_default_config().model
+    config.name = name
+    assert isinstance(build_encoder(config, num_items=10, max_len=5), Encoder), name
+
+
 def test_every_shipped_encoder_declares_what_it_needs():
   specs = {name: encoder_spec(name) for name in ENCODERS}
   assert specs["bert4rec"]["objective"] == "cloze" and specs["sasrec"]["objective"] == "causal"
@@ -159,3 +169,29 @@ def test_gru4rec_matches_a_numpy_gru():
   want = np.stack(want) @ p["output"]["kernel"] + p["output"]["bias"]
   want[0] = 0
   np.testing.assert_allclose(model.apply(params, items)[0], want, atol=1e-5)
+
+
+# -- Recipe 3: a new data format (here: "user>item" lines).
+def read_arrows(path):
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  rows = [line.split(">") for line in pathlib.Path(path).read_text().split()]
+  return pd.DataFrame({"user_id": [u for u, _ in rows], "item_id": [i for _, i in rows],
+                       "timestamp": np.arange(len(rows), dtype=np.float64),
+                       "rating": np.full(len(rows), np.nan)})
+
+
+def test_a_user_reader_feeds_training_through_the_one_entry_point(tmp_path):
+  from recattn_jax.data import READERS, load_interactions  # pylint: disable=g-import-not-at-top
+  READERS.register("arrows")(read_arrows)
+  try:
+    lines = write_sequence_file(tmp_path / "seqs.txt").read_text().split("\n")
+    (tmp_path / "events.arrows").write_text("\n".join(
+        f"{parts[0]}>{item}" for parts in (l.split() for l in lines if l) for item in parts[1:]))
+    config = tiny_config(tmp_path / "events.arrows", num_epochs=2)
+    config.data.format = "arrows"
+    frame, _ = load_interactions(config.data)
+    assert len(frame) == sum(len(l.split()) - 1 for l in lines if l)
+    results = train_and_evaluate(config, tmp_path / "run")
+    assert results["data"]["users"] == 96
+  finally:
+    READERS.unregister("arrows")

@@ -12,20 +12,20 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from recattn_jax.models.base import SequenceEncoder
+from recattn_jax.models.base import Encoder
 
 # Batch keys an encoder may read besides "inputs" and "segment_ids".
 OPTIONAL_KEYS = ("timestamps", "users")
 
 
-def init_encoder(model: SequenceEncoder, key: jax.Array, max_len: int):
+def init_encoder(model: Encoder, key: jax.Array, max_len: int):
   """An encoder's variables from a dummy batch (with `users` when it has a user context)."""
   dummy = jnp.zeros((1, max_len), jnp.int32)
   users = dummy if model.user_profiles is not None else None
   return model.init(key, dummy, users=users)
 
 
-def encode(model: SequenceEncoder, params, batch: dict, **kwargs) -> jax.Array:
+def encode(model: Encoder, params, batch: dict, **kwargs) -> jax.Array:
   """Hidden states [B, L, D] of a batch; packing segment ids, timestamps and users when it has them."""
   for key in OPTIONAL_KEYS:
     if key in batch:
@@ -41,7 +41,7 @@ def last_hidden(hidden: jax.Array, items: jax.Array) -> jax.Array:
   return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
 
 
-def user_vectors(model: SequenceEncoder, params, batch: dict) -> jax.Array:
+def user_vectors(model: Encoder, params, batch: dict) -> jax.Array:
   """[B, D]: the encoder's output at each row's newest input (a mask token for cloze encoders)."""
   return last_hidden(encode(model, params, batch), batch["inputs"])
 
@@ -58,7 +58,7 @@ def fold_item_bias(hidden: jax.Array, table: jax.Array,
           jnp.concatenate([table, bias[:, None].astype(table.dtype)], axis=-1))
 
 
-def scoring_inputs(model: SequenceEncoder, params, hidden: jax.Array, **kwargs) -> tuple[jax.Array, jax.Array]:
+def scoring_inputs(model: Encoder, params, hidden: jax.Array, **kwargs) -> tuple[jax.Array, jax.Array]:
   """(hidden, table) whose dot products are the model's item scores (an output bias folded in).
 
   `kwargs` (deterministic=False, rngs=...) reach `item_embeddings`, for item id dropout.

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 # Fields that change neither the model, the data nor the metrics a run reports.
 IGNORED_FIELDS = frozenset({
-    "train.progress_bar", "train.log_every_steps", "train.num_devices", "data.prefetch",
-    "eval.batch_size", "eval.item_chunk",
+    "train.progress_bar", "train.log_every_steps", "train.num_devices", "train.keep_checkpoints",
+    "data.prefetch", "eval.batch_size", "eval.item_chunk",
 })
 
 
