@@ -206,7 +206,7 @@ real = tasks.make_train_step
 def slow_make_train_step(*args, **kwargs):
   step = real(*args, **kwargs)
   def slow_step(state, batch):
-    time.sleep(0.25)  # time for the test to send its signal mid-training
+    time.sleep(0.15)  # time for the test to send its signal mid-training
     return step(state, batch)
   return slow_step
 
