@@ -54,11 +54,9 @@ def pointwise_kwargs(name: str) -> dict[str, Any]:
 
 
 def _section(model_config: ml_collections.ConfigDict, allowed: dict) -> dict:
+  """`model.<name>`'s fields (absent section: the module's defaults), checked against `allowed`."""
   name = model_config.name
-  if name not in model_config:
-    raise ValueError(f"model.name={name!r} but the config has no model.{name} section with its "
-                     f"fields; add one (defaults: {sorted(allowed)})")
-  kwargs = dict(model_config[name])
+  kwargs = dict(model_config.get(name, {}))
   check_keywords(kwargs, allowed, f"model.{name}")
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
