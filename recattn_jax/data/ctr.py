@@ -65,6 +65,10 @@ class PointwiseData:
   user_ids: np.ndarray  # original id (str) of user index u
   item_ids: np.ndarray  # original id (str) of item j; item_ids[0] = "<pad>"
   stats: dict
+  # Every user's events (item ids, oldest first; and their ratings when `with_ratings`):
+  # what a served model knows of user u.
+  sequences: list[np.ndarray] = dataclasses.field(default_factory=list)
+  sequence_ratings: list[np.ndarray] | None = None
 
 
 def _ratings(df: pd.DataFrame, task: str, threshold: float | None) -> np.ndarray:
@@ -232,8 +236,11 @@ def build_pointwise_data(df: pd.DataFrame, task: str = "ctr", *, max_len: int = 
     stats[f"{name}_label_mean"] = float(row_labels[rows].mean()) if len(rows) else float("nan")
     if task == "ctr":
       stats[f"{name}_sampled_negatives"] = int(is_sampled[rows].sum())
+  sequence_ratings = (np.split(ratings.astype(np.float32), np.cumsum(counts)[:-1])
+                      if with_ratings else None)
   return PointwiseData(task=task, **sets, num_users=data.num_users, num_items=num_items,
-                       user_ids=data.user_ids, item_ids=data.item_ids, stats=stats)
+                       user_ids=data.user_ids, item_ids=data.item_ids, stats=stats,
+                       sequences=data.sequences, sequence_ratings=sequence_ratings)
 
 
 def batches(arrays: dict[str, np.ndarray], batch_size: int, *, shuffle: bool = False,

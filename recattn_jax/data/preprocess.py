@@ -68,6 +68,10 @@ class Split:
   train_timestamps: list[np.ndarray] = dataclasses.field(default_factory=list)
   # Original user id of user index u, as in `SequenceData` (None when built by hand).
   user_ids: np.ndarray | None = None
+  # Every user's whole sequence (and its float64 seconds), target events included: what
+  # a served model knows of user u (`SequenceData.sequences`; empty when built by hand).
+  sequences: list[np.ndarray] = dataclasses.field(default_factory=list)
+  sequence_timestamps: list[np.ndarray] = dataclasses.field(default_factory=list)
 
 
 def _check_frame(df: pd.DataFrame) -> None:
@@ -268,7 +272,8 @@ class _SplitBuilder:
     return Split(train=self.train, valid=self._eval_set("valid"),
                  test=self._eval_set("test"), num_items=data.num_items, stats=stats,
                  train_users=np.asarray(self.train_users, np.int32), item_ids=data.item_ids,
-                 train_timestamps=self.train_timestamps, user_ids=data.user_ids)
+                 train_timestamps=self.train_timestamps, user_ids=data.user_ids,
+                 sequences=data.sequences, sequence_timestamps=data.timestamps)
 
 
 def leave_one_out(data: SequenceData) -> Split:

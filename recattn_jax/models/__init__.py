@@ -29,7 +29,8 @@ from recattn_jax.models.registry import (ENCODERS, HEADS, ITEM_ENCODERS, MATCHER
                                          encoder_spec)
 from recattn_jax.models.sasrec import SASRec
 from recattn_jax.models.scoring import (catalogue_logits, encode, fold_item_bias, init_encoder,
-                                        last_hidden, scoring_inputs, user_vectors)
+                                        last_hidden, scoring_inputs, scoring_table,
+                                        scoring_users, user_vectors)
 from recattn_jax.models.user_context import UserContext
 from recattn_jax.registry import check_keywords, keyword_defaults
 
@@ -39,7 +40,8 @@ __all__ = [
     "SequenceEncoder", "TargetAttention", "TargetAttentionModel", "UserContext", "UserProfiles",
     "build_encoder", "build_head", "build_pointwise_model", "catalogue_logits", "encode",
     "encoder_kwargs", "encoder_spec", "fold_item_bias", "init_encoder", "last_hidden",
-    "pointwise_kwargs", "positions_in_sequence", "scoring_inputs", "user_vectors",
+    "pointwise_kwargs", "positions_in_sequence", "scoring_inputs", "scoring_table",
+    "scoring_users", "user_vectors",
 ]
 
 

@@ -69,6 +69,18 @@ def scoring_inputs(model: Encoder, params, hidden: jax.Array, **kwargs) -> tuple
   return hidden, table
 
 
+def scoring_table(model: Encoder, params) -> jax.Array:
+  """The table of `scoring_inputs` alone, to compute once when serving many requests."""
+  return scoring_inputs(model, params, jnp.zeros((1, 1), jnp.float32))[1]
+
+
+def scoring_users(model: Encoder, hidden: jax.Array) -> jax.Array:
+  """The user side of `scoring_inputs`, to score against `scoring_table`."""
+  if model.has_item_bias:
+    return jnp.concatenate([hidden, jnp.ones(hidden.shape[:-1] + (1,), hidden.dtype)], axis=-1)
+  return hidden
+
+
 def catalogue_logits(hidden: jax.Array, item_table: jax.Array) -> jax.Array:
   """Scores of every item (padding row masked out), accumulated and returned in float32.
 

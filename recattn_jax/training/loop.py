@@ -25,13 +25,15 @@ import ml_collections
 from tqdm import tqdm
 
 from recattn_jax.config import check_config
+from recattn_jax.training.bundle import write_bundle
 from recattn_jax.training.checkpoint import Checkpoints, Progress
 from recattn_jax.training.metric_writer import MetricWriter
 from recattn_jax.training.steps import make_mesh, shard_batch
 from recattn_jax.training.tasks import PROTOCOLS, Job, build_job, higher_is_better
-from recattn_jax.training.workdir import RunIdentity, WorkdirLock, source_files
+from recattn_jax.training.workdir import RunIdentity, RunMismatchError, WorkdirLock, source_files
 
 log = logging.getLogger(__name__)
+BUNDLE_DIR = "bundle"  # in a workdir: the served model of the run (`training.bundle`)
 
 
 class NonFiniteError(FloatingPointError):
@@ -129,7 +131,8 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resu
     with _StopOnSignal() as stop:
       state = _train(state, progress, config=config, job=job, mesh=mesh, checkpoints=checkpoints,
                      writer=writer, stop=stop, workdir=workdir)
-    results = _final_results(state, progress, config=config, job=job, checkpoints=checkpoints,
+    best_params = checkpoints.restore_best(state.params, progress.best_step)
+    results = _final_results(best_params, state, progress, config=config, job=job,
                              num_devices=mesh.size)
     if forced_changes:
       results["forced_changes"] = forced_changes
@@ -141,7 +144,49 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resu
       writer.close()
     checkpoints.close()
   _write_json(workdir / "results.json", results)
+  write_bundle(workdir / BUNDLE_DIR, config=config, params=best_params, data=job.bundle_data,
+               run=run_summary(results, workdir))
   return results
+
+
+def run_summary(results: dict, workdir: pathlib.Path) -> dict:
+  """What a bundle records of the run it came from."""
+  return {"workdir": str(workdir.absolute()), "test": results["test"],
+          **{key: results[key] for key in ("task", "primary_protocol", "best_step", "best_epoch")}}
+
+
+def export_bundle(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None) -> pathlib.Path:
+  """Writes the bundle of the finished run in `workdir` to `out` (default `<workdir>/bundle`).
+
+  Rebuilds the run's data from its config (the raw files must still be there
+  and unchanged: the run identity is checked) and takes the best checkpoint.
+  """
+  workdir = pathlib.Path(workdir)
+  results_path = workdir / "results.json"
+  if not results_path.exists():
+    raise FileNotFoundError(f"{results_path} is missing: the run in {workdir} has not finished "
+                            "(a bundle holds the best parameters of a finished run)")
+  results = json.loads(results_path.read_text(encoding="utf-8"))
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text(encoding="utf-8")))
+  mesh = make_mesh(1)
+  job = build_job(config, mesh)
+  try:
+    identity = RunIdentity(config, data_files=source_files(job.data_files),
+                           data_digest=job.data_digest, data_stats=job.stats)
+    refuse, _ = identity.differences(json.loads((workdir / "run.json").read_text(encoding="utf-8")))
+    if refuse:
+      raise RunMismatchError(f"{workdir}: the data differs from what the run trained on, so its "
+                             "vocabularies and histories cannot be rebuilt:\n  " + "\n  ".join(refuse))
+    checkpoints = Checkpoints(workdir, read_only=True)
+    try:
+      params = checkpoints.restore_best(job.state.params, results["best_step"])
+    finally:
+      checkpoints.close()
+  finally:
+    if hasattr(job.data_iter, "close"):
+      job.data_iter.close()
+  return write_bundle(out or workdir / BUNDLE_DIR, config=config, params=params,
+                      data=job.bundle_data, run=run_summary(results, workdir))
 
 
 class _StopOnSignal:
@@ -293,10 +338,9 @@ class _NonFiniteGuard:
           f"Lower train.learning_rate (now {self.config.learning_rate:g}).")
 
 
-def _final_results(state, progress: Progress, *, config, job: Job, checkpoints: Checkpoints,
+def _final_results(best_params, state, progress: Progress, *, config, job: Job,
                    num_devices: int) -> dict:
   """Test and validation metrics of the best checkpoint, with what is needed to reproduce them."""
-  best_params = checkpoints.restore_best(state.params, progress.best_step)
   return {
       "test": job.evaluate(best_params, "test"),
       "valid": job.evaluate(best_params, "valid"),

@@ -38,6 +38,7 @@ from recattn_jax.evaluation.ctr import ctr_metrics, item_mean_baseline, rating_m
 from recattn_jax.models import build_encoder, build_pointwise_model, encoder_spec, init_encoder
 from recattn_jax.registry import Registry
 from recattn_jax.training import pointwise_task
+from recattn_jax.training.bundle import BundleData
 from recattn_jax.training.losses import LOSSES, next_item_loss_fn
 from recattn_jax.training.steps import (TrainState, init_state, make_optimizer, make_rank_step,
                                         make_top_k_step, make_train_step, next_item_loss,
@@ -67,6 +68,7 @@ class Job:
   data_digest: str  # SHA256 of the processed data, for the run's identity
   data_files: list[str]  # the files and folders read
   report: Callable[[Any], dict] = lambda params: {}  # extra final results of the best params
+  bundle_data: BundleData | None = None  # what a served model needs besides config and params
 
 
 def higher_is_better(metric: str) -> bool:
@@ -209,7 +211,13 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
                                                        optimizer, mesh, s),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
              primary=PROTOCOLS[config.eval.exclude_seen], stats=split.stats, report=report,
-             data_digest=digest, data_files=_data_files(data_config))
+             data_digest=digest, data_files=_data_files(data_config),
+             bundle_data=BundleData(
+                 item_ids=split.item_ids, user_ids=split.user_ids, popularity=popularity,
+                 histories=split.sequences,
+                 history_timestamps=split.sequence_timestamps if timestamps else None,
+                 item_features=data.item_features, user_profiles=data.user_profiles,
+                 stats=split.stats))
 
 
 def popularity_baseline(eval_set, popularity: np.ndarray, config) -> dict:
@@ -314,7 +322,13 @@ def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> J
                                                        optimizer, mesh, s),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
              primary=task, stats=data.stats, report=report, data_digest=digest,
-             data_files=_data_files(data_config))
+             data_files=_data_files(data_config),
+             bundle_data=BundleData(
+                 item_ids=data.item_ids, user_ids=data.user_ids,
+                 popularity=np.bincount(data.train.items[~data.train.sampled],
+                                        minlength=data.num_items + 1),
+                 histories=data.sequences, history_ratings=data.sequence_ratings,
+                 item_features=item_features, stats=data.stats))
 
 
 for _task, _metrics in POINTWISE_METRICS.items():

@@ -1,0 +1,188 @@
+"""A user's live session: events arrive one at a time and each updates the recommendations.
+
+For encoders registered with `kv_cache=True` (SASRec, HSTU) trained with
+positions counted from the oldest event (`model.<name>.positions="start"`),
+`append` runs the new event's query against the cached keys and values of
+every layer: O(L) work instead of re-encoding the history in O(L^2). The
+result equals the full recomputation on the same events (tests check it
+after any number of appends).
+
+The window: the encoder reads the newest `max_len` events, as in training.
+While the session holds fewer, `append` extends the cache; once it is full,
+the window slides (the oldest event leaves it) and, because every remaining
+event's position then changes, the newest `max_len` events are encoded again
+(one full pass, as without a cache). `exclude_seen` always covers every
+event of the session, also those that left the window.
+
+Other encoders recompute the whole window on each `recommend` (exact, and
+cheap for short windows): BERT4Rec (bidirectional, so an appended event
+changes every earlier state), GRU4Rec, models trained with positions="end"
+(the newest event is position 0, so appending moves every position) and
+HSTU with attention_norm="sequence". `Session.uses_cache` tells which path a
+session takes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recattn_jax.evaluation.topk import top_k_items
+from recattn_jax.models import scoring_users
+from recattn_jax.serving.lists import Recommendation, list_length
+
+
+def cacheable(model, spec: dict) -> bool:
+  """Whether `model`'s keys and values stay valid when an event is appended."""
+  return (bool(spec.get("kv_cache")) and model.mask_id is None and model.positions == "start"
+          and getattr(model, "attention_norm", "max_len") != "sequence")
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _prefill(model, params, items, users, timestamps):
+  return model.apply(params, items, users=users, timestamps=timestamps, method="prefill")
+
+
+@functools.partial(jax.jit, static_argnames=("model",), donate_argnums=(2,))
+def _extend(model, params, cache, items, users, timestamps):
+  return model.apply(params, cache, items, users=users, timestamps=timestamps, method="extend")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "k"))
+def _top_k(model, table, vector, exclude, *, k):
+  return top_k_items(scoring_users(model, vector), table, k, exclude)
+
+
+def _exclude_row(items: list[int]) -> np.ndarray:
+  width = max(8, 1 << max(0, len(items) - 1).bit_length())
+  row = np.zeros((1, width), np.int32)
+  row[0, :len(items)] = items
+  return row
+
+
+class Session:
+  """Events of one user, oldest first, with the encoder state kept between events.
+
+  Build with `Recommender.session(user=..., history=..., timestamps=...)`.
+  """
+
+  def __init__(self, rec, *, user=None, history: Sequence = (),
+               timestamps: Sequence | None = None, unknown: str = "error"):
+    self.rec = rec
+    self.user_index = None
+    if user is not None:
+      (self.user_index,), _, _ = rec.users.lookup([user])
+      items = list(rec.bundle.data.histories[self.user_index])
+      times = (list(rec.bundle.data.history_timestamps[self.user_index])
+               if rec.reads_timestamps else None)
+      if len(history):
+        extra, kept, _ = rec.items.lookup(list(history), unknown)
+        items += list(extra)
+        if times is not None:
+          times += list(np.asarray(self._need_times(timestamps, len(history)), np.float64)[kept])
+    else:
+      ids, kept, _ = rec.items.lookup(list(history), unknown)
+      items = list(ids)
+      times = None
+      if rec.reads_timestamps:
+        times = list(np.asarray(self._need_times(timestamps, len(history)), np.float64)[kept])
+    if rec.reads_users and self.user_index is None:
+      raise ValueError("this model reads a user context (data.user_friends_path): start the "
+                       "session with user=")
+    self.items: list[int] = [int(i) for i in items]
+    self.times: list[float] | None = times
+    self.uses_cache = cacheable(rec.model, rec.spec)
+    self._cache = None
+    self._vector = None
+    self._origin = times[0] if times else 0.0
+    if self.uses_cache and self.items:
+      self._prefill()
+
+  def _need_times(self, timestamps, count: int):
+    if timestamps is None or len(timestamps) != count:
+      raise ValueError(f"{self.rec.config.model.name} reads event times: give one timestamp per "
+                       "history event")
+    return timestamps
+
+  @property
+  def history(self) -> list[str]:
+    """The session's events as original item ids, oldest first."""
+    return list(self.rec.items.ids[self.items])
+
+  def _window(self) -> slice:
+    return slice(max(0, len(self.items) - self.rec.max_len), len(self.items))
+
+  def _users(self, shape):
+    if not self.rec.reads_users:
+      return None
+    return jnp.full(shape, self.user_index + 1, jnp.int32)
+
+  def _times(self, values) -> jax.Array | None:
+    if self.times is None:
+      return None
+    return jnp.asarray(np.asarray(values, np.float64) - self._origin, jnp.float32)
+
+  def _prefill(self):
+    window = self._window()
+    items = np.zeros((1, self.rec.max_len), np.int32)
+    newest = self.items[window]
+    items[0, :len(newest)] = newest
+    times = None
+    if self.times is not None:
+      times = np.zeros((1, self.rec.max_len), np.float64) + self.times[window][-1]
+      times[0, :len(newest)] = self.times[window]
+      times = self._times(times)
+    self._vector, self._cache = _prefill(self.rec.model, self.rec.params, jnp.asarray(items),
+                                         self._users(items.shape), times)
+
+  def append(self, item, timestamp: float | None = None) -> "Session":
+    """Adds one event (an original item id; a time in seconds for models that read time)."""
+    (index,), _, _ = self.rec.items.lookup([item])
+    if self.times is not None:
+      if timestamp is None:
+        raise ValueError(f"{self.rec.config.model.name} reads event times: append(item, timestamp=)")
+      self.times.append(float(timestamp))
+    self.items.append(int(index))
+    if not self.uses_cache:
+      return self
+    if self._cache is None or len(self.items) > self.rec.max_len:
+      self._prefill()  # the first event, or the window slid: every position moved
+    else:
+      self._vector, self._cache = _extend(
+          self.rec.model, self.rec.params, self._cache, jnp.asarray([index], jnp.int32),
+          self._users((1,)), None if self.times is None else self._times([self.times[-1]]))
+    return self
+
+  def extend(self, items: Sequence, timestamps: Sequence | None = None) -> "Session":
+    for i, item in enumerate(items):
+      self.append(item, None if timestamps is None else timestamps[i])
+    return self
+
+  def user_vector(self) -> np.ndarray:
+    """The encoder's output at the newest event ([D]), from the cache."""
+    if not self.uses_cache:
+      raise ValueError("this session recomputes its window on each recommend (uses_cache=False)")
+    return np.asarray(self._vector[0])
+
+  def recommend(self, k: int = 10, *, exclude_seen: bool = True):
+    """The top-`k` after the session's events (`Recommendation`; popularity when empty)."""
+    rec = self.rec
+    k = rec._check_k(k)  # pylint: disable=protected-access
+    if not self.items:
+      return rec.popular(k)
+    if not self.uses_cache:
+      histories = [np.asarray(self.items, np.int32)]
+      times = None if self.times is None else [np.asarray(self.times)]
+      users = None if not rec.reads_users else [self.user_index]
+      return rec._lists(histories, k, exclude_seen, times, users, [[]])[0]  # pylint: disable=protected-access
+    exclude = _exclude_row(self.items if exclude_seen else [])
+    scores, ids = _top_k(rec.model, rec.table, self._vector, jnp.asarray(exclude),
+                         k=list_length(k))
+    ids, scores = np.asarray(ids)[0, :k], np.asarray(scores)[0, :k]
+    keep = ids > 0
+    return Recommendation(items=list(rec.items.ids[ids[keep]]), scores=scores[keep],
+                                truncated=max(0, len(self.items) - rec.max_len))
