@@ -259,6 +259,7 @@ class Recommender:
         item=None if item is None else str(item))
 
   def session(self, user=None, history: Sequence = (), *, timestamps: Sequence | None = None,
-              unknown: str = "error"):
-    """A live session (`serving.session.Session`) starting from a known user's or a given history."""
-    return Session(self, user=user, history=history, timestamps=timestamps, unknown=unknown)
+              unknown: str = "error", use_cache: bool = True) -> Session:
+    """A live session (`serving.session.Session`) from a known user's history, then `history`."""
+    return Session(self, user=user, history=history, timestamps=timestamps, unknown=unknown,
+                   use_cache=use_cache)

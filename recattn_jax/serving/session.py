@@ -67,11 +67,13 @@ def _exclude_row(items: list[int]) -> np.ndarray:
 class Session:
   """Events of one user, oldest first, with the encoder state kept between events.
 
-  Build with `Recommender.session(user=..., history=..., timestamps=...)`.
+  Build with `Recommender.session(user=..., history=..., timestamps=...)`;
+  `use_cache=False` recomputes the window on each `recommend` even when a
+  cache would serve (the reference the cached path is tested and timed against).
   """
 
   def __init__(self, rec, *, user=None, history: Sequence = (),
-               timestamps: Sequence | None = None, unknown: str = "error"):
+               timestamps: Sequence | None = None, unknown: str = "error", use_cache: bool = True):
     self.rec = rec
     self.user_index = None
     if user is not None:
@@ -95,7 +97,7 @@ class Session:
                        "session with user=")
     self.items: list[int] = [int(i) for i in items]
     self.times: list[float] | None = times
-    self.uses_cache = cacheable(rec.model, rec.spec)
+    self.uses_cache = use_cache and cacheable(rec.model, rec.spec)
     self._cache = None
     self._vector = None
     self._origin = times[0] if times else 0.0
