@@ -11,6 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "recattn_jax"
 LAYERS = ("registry", "data", "attention", "models", "evaluation", "training", "serving", "cli")
 # Modules outside a layer folder, by the layer they belong to.
 TOP_LEVEL = {"registry": "registry", "config": "training", "train": "cli", "explain": "serving",
+             "recommend": "cli", "export": "cli", "serve": "cli",
              "configs": "cli", "": "cli"}
 
 

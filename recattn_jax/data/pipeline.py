@@ -218,13 +218,13 @@ def rows_per_pass(sequences: Sequence[np.ndarray], *, max_len: int, seed: int, p
 def eval_batches(histories: Sequence[np.ndarray], targets: np.ndarray, *, max_len: int,
                  batch_size: int, padding: str = "left", append_mask_id: int | None = None,
                  timestamps: Sequence[np.ndarray] | None = None,
-                 users: Sequence[int] | None = None,
+                 users: Sequence[int] | None = None, min_exclude_width: int = 8,
                  ) -> Iterator[dict[str, np.ndarray]]:
   """Fixed-shape evaluation batches (the last one padded, with `weight` 0 on filler rows).
 
   `exclude` carries each user's whole history (not only the newest `max_len`
-  events), padded to one width for the whole set so that the jitted scorer
-  compiles once. With `append_mask_id` (cloze-trained encoders) the inputs are
+  events), padded to one width for the whole set (a power of two, at least
+  `min_exclude_width`) so that the jitted scorer compiles once. With `append_mask_id` (cloze-trained encoders) the inputs are
   the newest `max_len - 1` events followed by that id, so the user
   representation is the output at the newest input as for next-item models.
   `timestamps` (aligned with `histories`) adds "timestamps" [B, L] float32
@@ -235,7 +235,7 @@ def eval_batches(histories: Sequence[np.ndarray], targets: np.ndarray, *, max_le
   _check_aligned("timestamp arrays", timestamps, histories)
   _check_aligned("user indices", users, histories)
   longest = max((len(h) for h in histories), default=1)
-  exclude_width = max(8, int(2 ** np.ceil(np.log2(max(longest, 1)))))
+  exclude_width = max(min_exclude_width, int(2 ** np.ceil(np.log2(max(longest, 1)))))
   for start in range(0, len(targets), batch_size):
     stop = min(start + batch_size, len(targets))
     rows = stop - start

@@ -14,11 +14,12 @@ UNKNOWN_POLICIES = ("error", "drop")
 class UnknownIdError(ValueError):
   """A request named item or user ids the model was not trained with."""
 
-  def __init__(self, kind: str, ids: Sequence[str]):
+  def __init__(self, kind: str, ids: Sequence[str], where: str = ""):
     self.kind, self.ids = kind, list(ids)
     shown = ", ".join(repr(i) for i in self.ids[:10]) + (" ..." if len(self.ids) > 10 else "")
     hint = " (pass unknown='drop' to ignore them)" if kind == "item" else ""
-    super().__init__(f"{len(self.ids)} unknown {kind} id(s): {shown}{hint}")
+    prefix = f"{where}: " if where else ""
+    super().__init__(f"{prefix}{len(self.ids)} unknown {kind} id(s): {shown}{hint}")
 
 
 @dataclasses.dataclass
@@ -39,6 +40,11 @@ class Recommendation:
 def list_length(k: int) -> int:
   """The compiled top-K length serving `k`: a power of two, at least 16."""
   return max(16, 1 << (int(k) - 1).bit_length())
+
+
+def exclude_width(n: int) -> int:
+  """Columns of the compiled seen-items mask for histories of `n` events (a power of two >= 64)."""
+  return max(64, 1 << max(0, int(n) - 1).bit_length())
 
 
 def batch_rows(n: int) -> int:

@@ -63,7 +63,7 @@ class CandidateScorer:
     return cls(read_bundle(path))
 
   def _inputs(self, user, history, ratings, unknown):
-    """(users [1], history [1, L] left-padded, ratings [1, L] or None) for one request."""
+    """(users [1], history [1, L] left-padded, ratings [1, L] or None, all history ids)."""
     if user is not None:
       (index,), _, _ = self.users.lookup([user])
       if history is None:
@@ -83,7 +83,7 @@ class CandidateScorer:
                          "ratings= with one rating per history event")
       ratings_row = pad_to(np.asarray(ratings, np.float32)[kept][-self.max_len:], self.max_len,
                            "left", np.float32)[None]
-    return (np.asarray([index], np.int32), history_row, ratings_row)
+    return np.asarray([index], np.int32), history_row, ratings_row, ids
 
   def score(self, candidates: Sequence, *, history: Sequence | None = None, user=None,
             ratings: Sequence | None = None, unknown: str = "error") -> np.ndarray:
@@ -93,7 +93,7 @@ class CandidateScorer:
     events in the run's data) is encoded once for all candidates.
     """
     cand, _, _ = self.items.lookup(list(candidates))
-    users, history_row, ratings_row = self._inputs(user, history, ratings, unknown)
+    users, history_row, ratings_row, _ = self._inputs(user, history, ratings, unknown)
     return self._score_internal(users, history_row, ratings_row, cand)
 
   def _score_internal(self, users, history_row, ratings_row, candidates: np.ndarray) -> np.ndarray:
@@ -115,12 +115,11 @@ class CandidateScorer:
     """The `k` items of highest predicted click probability / rating, over the whole catalogue."""
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self.items):
       raise ValueError(f"k must be an integer in [1, {len(self.items)}], got {k!r}")
-    users, history_row, ratings_row = self._inputs(user, history, ratings, unknown)
+    users, history_row, ratings_row, seen = self._inputs(user, history, ratings, unknown)
     scores = self._score_internal(users, history_row, ratings_row,
                                   np.arange(1, len(self.items) + 1, dtype=np.int32))
     if exclude_seen:
-      seen = history_row[history_row > 0] - 1
-      scores[seen] = -np.inf
+      scores[seen - 1] = -np.inf
     order = np.lexsort((np.arange(len(scores)), -scores))[:k]
     order = order[np.isfinite(scores[order])]
     return Recommendation(items=list(self.items.ids[order + 1]), scores=scores[order])

@@ -32,10 +32,13 @@ PLATFORMS = ("cpu", "cuda")
 
 def export_scorer(rec, out: str | pathlib.Path, *, k: int = 100,
                   platforms: tuple[str, ...] = PLATFORMS) -> pathlib.Path:
-  """Writes the portable scorer of `rec` (a `Recommender`) into folder `out`; returns it."""
+  """Writes the portable scorer of `rec` (a `Recommender`) into folder `out`; returns it.
+
+  `k` is capped at the catalogue size.
+  """
   if rec.reads_users:
     raise ValueError("a model with a user context (data.user_friends_path) cannot be exported")
-  k = rec._check_k(k)  # pylint: disable=protected-access
+  k = rec._check_k(min(k, rec.num_items))  # pylint: disable=protected-access
   model, params, table = rec.model, rec.params, rec.table
   with_times = rec.reads_timestamps
 

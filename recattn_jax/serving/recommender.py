@@ -37,7 +37,7 @@ from recattn_jax.explain import attention_over_history
 from recattn_jax.models import (build_encoder, encoder_spec, init_encoder, last_hidden,
                                 scoring_table, scoring_users, user_vectors)
 from recattn_jax.serving.lists import (MAX_BATCH, Recommendation, UnknownIdError, Vocabulary,
-                                       batch_rows, list_length)
+                                       batch_rows, exclude_width, list_length)
 from recattn_jax.serving.session import Session
 from recattn_jax.training.bundle import Bundle, BundleError, read_bundle
 
@@ -121,7 +121,8 @@ class Recommender:
                                 batch_size=batch_rows(rows), padding=self.padding,
                                 append_mask_id=self.model.mask_id,
                                 timestamps=None if timestamps is None else timestamps[part],
-                                users=None if users is None else users[part]):
+                                users=None if users is None else users[part],
+                                min_exclude_width=exclude_width(self.max_len)):
         batch = {key: value for key, value in batch.items() if key not in ("targets", "weight")}
         if not exclude_seen:
           batch["exclude"] = np.zeros((len(batch["inputs"]), 1), np.int32)

@@ -33,7 +33,7 @@ import numpy as np
 
 from recattn_jax.evaluation.topk import top_k_items
 from recattn_jax.models import scoring_users
-from recattn_jax.serving.lists import Recommendation, list_length
+from recattn_jax.serving.lists import Recommendation, exclude_width, list_length
 
 
 def cacheable(model, spec: dict) -> bool:
@@ -57,9 +57,8 @@ def _top_k(model, table, vector, exclude, *, k):
   return top_k_items(scoring_users(model, vector), table, k, exclude)
 
 
-def _exclude_row(items: list[int]) -> np.ndarray:
-  width = max(8, 1 << max(0, len(items) - 1).bit_length())
-  row = np.zeros((1, width), np.int32)
+def _exclude_row(items: list[int], max_len: int) -> np.ndarray:
+  row = np.zeros((1, exclude_width(max(len(items), max_len))), np.int32)
   row[0, :len(items)] = items
   return row
 
@@ -181,7 +180,7 @@ class Session:
       times = None if self.times is None else [np.asarray(self.times)]
       users = None if not rec.reads_users else [self.user_index]
       return rec._lists(histories, k, exclude_seen, times, users, [[]])[0]  # pylint: disable=protected-access
-    exclude = _exclude_row(self.items if exclude_seen else [])
+    exclude = _exclude_row(self.items if exclude_seen else [], rec.max_len)
     scores, ids = _top_k(rec.model, rec.table, self._vector, jnp.asarray(exclude),
                          k=list_length(k))
     ids, scores = np.asarray(ids)[0, :k], np.asarray(scores)[0, :k]
