@@ -29,6 +29,7 @@ from recattn_jax.data.features import ItemFeatures
 from recattn_jax.data.social import UserProfiles
 from recattn_jax.models.dropout import Dropout
 from recattn_jax.models.item_encoder import ITEM_ENCODERS
+from recattn_jax.models.registry import ENCODERS
 from recattn_jax.models.transformer import head_dim
 from recattn_jax.models.user_context import UserContext, check_users
 
@@ -189,6 +190,15 @@ class SequenceEncoder(nn.Module):
     packed = segment_ids is not None
     segment_ids = jnp.where(valid, segment_ids, 0) if packed else valid.astype(jnp.int32)
     return Layout(valid, segment_ids, packed)
+
+  def _check_cacheable(self, items: jax.Array):
+    """Raises unless `prefill` can cache this encoder's keys and values for `items` [B, L]."""
+    if self.positions != "start":
+      name = next((n for n in ENCODERS.names() if ENCODERS.get(n) is type(self)), "*")
+      raise ValueError(f"a key/value cache needs model.{name}.positions='start' (positions that do "
+                       "not change when events are appended)")
+    if items.shape[1] > self.max_len:
+      raise ValueError(f"history length {items.shape[1]} exceeds data.max_len={self.max_len}")
 
   def token_vectors(self, items: jax.Array) -> jax.Array:
     """The vector of each input id (before positions and context)."""

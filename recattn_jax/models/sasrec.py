@@ -46,13 +46,16 @@ class SASRec(SequenceEncoder):
       values.append(v)
     return self.final_norm(x), keys, values
 
-  def prefill(self, items: jax.Array, users: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  def prefill(self, items: jax.Array, users: jax.Array | None = None,
+              timestamps: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Encodes right-padded histories and returns (user representations [B, D], cache).
 
     The cache holds every layer's keys and values ([layers, B, max_len, H, Dh])
     and each row's length, so that `extend` can add one event in O(L) work
-    instead of re-encoding the whole history in O(L^2). `users` [B, L] as in `__call__`.
+    instead of re-encoding the whole history in O(L^2). `users` [B, L] as in
+    `__call__`; `timestamps` is ignored (the call shape of HSTU's cache).
     """
+    del timestamps  # SASRec has no notion of time
     self._check_cacheable(items)
     layout = self.layout(items, None, users)
     hidden, keys, values = self._blocks(self.embed(items, layout, True, users), layout, True)
@@ -62,14 +65,15 @@ class SASRec(SequenceEncoder):
              "length": jnp.sum(items > 0, axis=-1).astype(jnp.int32)}
     return last_hidden(hidden, items), cache
 
-  def extend(self, cache: dict, new_items: jax.Array,
-             users: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  def extend(self, cache: dict, new_items: jax.Array, users: jax.Array | None = None,
+             timestamps: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Appends one event per row ([B]) and returns (user representations [B, D], cache).
 
     Rows must have fewer than `max_len` events before the call; once full, encode
     the newest events again with `prefill`. `users` [B] (user index + 1) when the
-    model has `user_profiles`.
+    model has `user_profiles`; `timestamps` is ignored.
     """
+    del timestamps
     check_users(self.user_profiles, users)
     index = cache["length"]
     items = new_items[:, None]
@@ -83,13 +87,6 @@ class SASRec(SequenceEncoder):
       values.append(v)
     cache = {"keys": jnp.stack(keys), "values": jnp.stack(values), "length": index + 1}
     return self.final_norm(x)[:, 0], cache
-
-  def _check_cacheable(self, items):
-    if self.positions != "start":
-      raise ValueError("a key/value cache needs model.sasrec.positions='start' (positions that do "
-                       "not change when events are appended)")
-    if items.shape[1] > self.max_len:
-      raise ValueError(f"history length {items.shape[1]} exceeds data.max_len={self.max_len}")
 
 
 __all__ = ["SASRec", "last_hidden", "positions_in_sequence"]
