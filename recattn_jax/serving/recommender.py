@@ -125,7 +125,7 @@ class Recommender:
                                 min_exclude_width=exclude_width(self.max_len)):
         batch = {key: value for key, value in batch.items() if key not in ("targets", "weight")}
         if not exclude_seen:
-          batch["exclude"] = np.zeros((len(batch["inputs"]), 1), np.int32)
+          batch["exclude"] = np.zeros_like(batch["exclude"])  # the same compiled shape
         top_scores, top_ids = self._score(self.params, self.table, batch, k=length)
         ids.append(np.asarray(top_ids)[:rows, :k])
         scores.append(np.asarray(top_scores)[:rows, :k])

@@ -99,7 +99,7 @@ class Session:
     self.uses_cache = use_cache and cacheable(rec.model, rec.spec)
     self._cache = None
     self._vector = None
-    self._origin = times[0] if times else 0.0
+    self._origin = times[0] if times else None  # times go to the model relative to it
     if self.uses_cache and self.items:
       self._prefill()
 
@@ -147,6 +147,8 @@ class Session:
       if timestamp is None:
         raise ValueError(f"{self.rec.config.model.name} reads event times: append(item, timestamp=)")
       self.times.append(float(timestamp))
+      if self._origin is None:
+        self._origin = self.times[0]
     self.items.append(int(index))
     if not self.uses_cache:
       return self
