@@ -12,6 +12,15 @@ import sys
 
 from absl import app, flags
 
+from recattn_jax.serving import BundleError, Recommender
+
+try:  # the serve extra
+  import uvicorn
+  from recattn_jax.serving import http
+except ImportError as missing:
+  uvicorn = http = None
+  _IMPORT_ERROR = missing
+
 _BUNDLE = flags.DEFINE_string("bundle", None, "The bundle directory of a finished ranking run "
                               "(<workdir>/bundle).", required=True)
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 serves other machines.")
@@ -30,13 +39,9 @@ _MISSING = "the HTTP service needs starlette and uvicorn: pip install 'recattn_j
 
 def main(argv):
   del argv
-  try:
-    import uvicorn  # pylint: disable=g-import-not-at-top
-    from recattn_jax.serving import http  # pylint: disable=g-import-not-at-top  (imports starlette)
-  except ImportError as e:
-    print(f"error: {_MISSING} ({e})", file=sys.stderr)
+  if http is None:
+    print(f"error: {_MISSING} ({_IMPORT_ERROR})", file=sys.stderr)
     sys.exit(1)
-  from recattn_jax.serving import BundleError, Recommender  # pylint: disable=g-import-not-at-top
 
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.basicConfig(level=_LOG_LEVEL.value.upper(), format="%(asctime)s %(name)s: %(message)s")

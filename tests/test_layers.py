@@ -30,7 +30,9 @@ def modules():
 
 def imported(tree: ast.AST):
   """(module imported, line, at module level) for every recattn_jax import."""
+  # Module level: the body, and the body of a module-level try (optional extras).
   top = {id(node) for node in tree.body}
+  top |= {id(inner) for node in tree.body if isinstance(node, ast.Try) for inner in node.body}
   for node in ast.walk(tree):
     if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("recattn_jax"):
       yield node.module, node.lineno, id(node) in top
