@@ -13,6 +13,7 @@ import pytest
 import recattn_jax
 from recattn_jax.config import get_default_config
 from recattn_jax.data import readers
+from recattn_jax.data.features import ItemFeatures
 from recattn_jax.explain import load_run
 from recattn_jax.models import build_encoder, build_pointwise_model, init_encoder
 from recattn_jax.serving import BundleError, CandidateScorer, Recommender, UnknownIdError, load
@@ -182,12 +183,14 @@ def test_explain_from_the_bundle_names_original_ids(rec):
 # cache, not the training).
 
 
-def _random_bundle(path, name, *, max_len=8, num_items=30, users=4, seed=0, **fields):
+def _random_bundle(path, name, *, max_len=8, num_items=30, users=4, seed=0, item_features=None,
+                   **fields):
   config = get_default_config()
   config.model.name = name
   config.data.max_len = max_len
   config.model[name].update(embed_dim=16, num_layers=2, num_heads=2, **fields)
-  model = build_encoder(config.model, num_items=num_items, max_len=max_len)
+  model = build_encoder(config.model, num_items=num_items, max_len=max_len,
+                        item_features=item_features)
   params = init_encoder(model, jax.random.key(seed), max_len=max_len)
   rng = np.random.default_rng(seed)
   histories = [rng.integers(1, num_items + 1, size=int(rng.integers(1, 2 * max_len)))
@@ -196,8 +199,33 @@ def _random_bundle(path, name, *, max_len=8, num_items=30, users=4, seed=0, **fi
   data = BundleData(item_ids=np.asarray(["<pad>"] + [f"i{j}" for j in range(1, num_items + 1)]),
                     user_ids=np.asarray([f"u{u}" for u in range(users)]),
                     popularity=rng.integers(0, 50, num_items + 1), histories=histories,
-                    history_timestamps=times)
+                    history_timestamps=times, item_features=item_features)
   return write_bundle(path, config=config, params=params, data=data)
+
+
+def test_a_content_model_is_served_from_the_features_in_its_bundle(tmp_path):
+  rng = np.random.default_rng(0)
+  padded = lambda a: np.concatenate([np.zeros_like(a[:1]), a[1:]])  # row 0 is padding
+  features = ItemFeatures(
+      categorical={"genre": padded(rng.integers(1, 5, 31).astype(np.int32))},
+      tokens={"words": padded(rng.integers(0, 9, (31, 3)).astype(np.int32))},
+      vocab_sizes={"genre": 5, "words": 9},
+      text_embeddings=padded(rng.normal(size=(31, 4)).astype(np.float32)),
+      trained=np.arange(31) % 3 > 0, stats={"fields": 3})
+  path = _random_bundle(tmp_path / "b", "sasrec", item_features=features,
+                        item_representation="both")
+  loaded = read_bundle(path).data.item_features
+  np.testing.assert_array_equal(loaded.categorical["genre"], features.categorical["genre"])
+  np.testing.assert_array_equal(loaded.tokens["words"], features.tokens["words"])
+  np.testing.assert_array_equal(loaded.text_embeddings, features.text_embeddings)
+  np.testing.assert_array_equal(loaded.trained, features.trained)
+  assert loaded.vocab_sizes == features.vocab_sizes
+  rec = Recommender.load(path)
+  model = build_encoder(rec.config.model, num_items=30, max_len=8, item_features=features)
+  params = init_encoder(model, jax.random.key(0), max_len=8)
+  table = model.apply(params, method="item_embeddings")
+  np.testing.assert_allclose(rec.table, table, rtol=1e-5, atol=1e-7)  # cold items included
+  assert len(rec.recommend(["i1", "i2"], k=5).items) == 5
 
 
 SESSION_MODELS = [
