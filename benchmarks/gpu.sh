@@ -1,5 +1,5 @@
+#!/usr/bin/env bash
 # The attention, training and serving benchmarks on a GPU, in one call of under 10 minutes.
-# The attention and training benchmarks on a GPU, in one call of under 8 minutes.
 #
 # Prepare here (wheels the GPU image lacks, and a copy of the datasets, both git-ignored):
 #   bash benchmarks/prepare_gpu_carry.sh
