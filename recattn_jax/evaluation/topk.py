@@ -23,10 +23,10 @@ from recattn_jax.evaluation.ranking import seen_in_chunk
 from recattn_jax.models.scoring import scoring_inputs, user_vectors
 
 
-@functools.partial(jax.jit, static_argnames=("k", "item_chunk"))
+@functools.partial(jax.jit, static_argnames=("k", "item_chunk", "num_rows"))
 def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
                 exclude: jax.Array | None = None, *,
-                item_chunk: int = 4096) -> tuple[jax.Array, jax.Array]:
+                item_chunk: int = 4096, num_rows: int | None = None) -> tuple[jax.Array, jax.Array]:
   """The K best items for each user, scored by `user_repr @ item_table.T`.
 
   Args:
@@ -35,22 +35,26 @@ def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
     k: list length.
     exclude: optional [B, M] item ids never to recommend (0 = none).
     item_chunk: items scored at once.
+    num_rows: the table's rows that are items (N + 1; default all of them). A
+      caller scoring many batches pads the table to a multiple of `item_chunk`
+      once (`pad_table`) and passes N + 1, so no call copies the table.
   Returns:
     (scores [B, K] float32, ids [B, K] int32), best first.
   """
   user_repr = user_repr.astype(jnp.float32)
-  item_table = item_table.astype(jnp.float32)
-  num_rows = item_table.shape[0]
+  num_rows = item_table.shape[0] if num_rows is None else num_rows
   batch = user_repr.shape[0]
-  num_chunks = -(-num_rows // item_chunk)
-  padded = jnp.pad(item_table, ((0, num_chunks * item_chunk - num_rows), (0, 0)))
+  num_chunks = -(-item_table.shape[0] // item_chunk)
+  padded = item_table
+  if num_chunks * item_chunk != item_table.shape[0]:
+    padded = jnp.pad(item_table, ((0, num_chunks * item_chunk - item_table.shape[0]), (0, 0)))
   chunks = padded.reshape(num_chunks, item_chunk, -1)
 
   def merge(carry, chunk_and_start):
     best_scores, best_ids = carry
     chunk, start = chunk_and_start
     ids = start + jnp.arange(item_chunk, dtype=jnp.int32)
-    scores = user_repr @ chunk.T
+    scores = user_repr @ chunk.astype(jnp.float32).T  # a bf16 table is read as bf16
     eligible = ((ids > 0) & (ids < num_rows)) & jnp.isfinite(scores)
     if exclude is not None:
       eligible &= ~seen_in_chunk(exclude, start, item_chunk)
@@ -68,6 +72,12 @@ def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
   (scores, ids), _ = jax.lax.scan(merge, init, (chunks, starts))
   # Filler (ineligible or initial) entries: never a real recommendation.
   return scores, jnp.where(jnp.isneginf(scores), 0, ids)
+
+
+def pad_table(item_table: jax.Array, item_chunk: int) -> jax.Array:
+  """`item_table` with zero rows appended up to a multiple of `item_chunk` (see `top_k_items`)."""
+  rows = item_table.shape[0]
+  return jnp.pad(item_table, ((0, -rows % item_chunk), (0, 0)))
 
 
 def recommend(model, params, histories: Sequence[np.ndarray], *, k: int, max_len: int,

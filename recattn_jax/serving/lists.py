@@ -7,7 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-MAX_BATCH = 256  # rows scored in one call; larger requests are split
+MAX_BATCH = 256  # most rows scored in one call; larger requests are split
+ITEM_CHUNK = 4096  # items scored at once by the top-K scan
 UNKNOWN_POLICIES = ("error", "drop")
 
 
@@ -47,9 +48,21 @@ def exclude_width(n: int) -> int:
   return max(64, 1 << max(0, int(n) - 1).bit_length())
 
 
-def batch_rows(n: int) -> int:
-  """Rows of the compiled batch serving `n` requests: a power of two up to MAX_BATCH."""
-  return min(MAX_BATCH, 1 << max(0, int(n) - 1).bit_length())
+def batch_rows(n: int, most: int = MAX_BATCH) -> int:
+  """Rows of the compiled batch serving `n` requests: a power of two up to `most`."""
+  return min(most, 1 << max(0, int(n) - 1).bit_length())
+
+
+def rows_per_call(max_len: int, platform: str) -> int:
+  """Rows encoded in one call: MAX_BATCH, or on CPU about 4096 tokens' worth.
+
+  On CPU a call of 256 rows x 50 events encodes several times slower per row
+  than calls of 64 (measured by benchmarks/serving_bench.py), so larger
+  requests are split there.
+  """
+  if platform != "cpu":
+    return MAX_BATCH
+  return max(8, min(MAX_BATCH, 1 << ((4096 // max_len).bit_length() - 1)))
 
 
 class Vocabulary:

@@ -25,6 +25,7 @@ import numpy as np
 
 from recattn_jax.evaluation.topk import top_k_items
 from recattn_jax.models import scoring_users, user_vectors
+from recattn_jax.serving.lists import ITEM_CHUNK
 
 ARTIFACT = "scorer.jaxexport"
 PLATFORMS = ("cpu", "cuda")
@@ -39,7 +40,7 @@ def export_scorer(rec, out: str | pathlib.Path, *, k: int = 100,
   if rec.reads_users:
     raise ValueError("a model with a user context (data.user_friends_path) cannot be exported")
   k = rec._check_k(min(k, rec.num_items))  # pylint: disable=protected-access
-  model, params, table = rec.model, rec.params, rec.table
+  model, params, table, rows = rec.model, rec.params, rec.table, rec.table_rows
   with_times = rec.reads_timestamps
 
   def scorer(inputs, exclude, *timestamps):
@@ -47,7 +48,7 @@ def export_scorer(rec, out: str | pathlib.Path, *, k: int = 100,
     if with_times:
       batch["timestamps"] = timestamps[0]
     scores, ids = top_k_items(scoring_users(model, user_vectors(model, params, batch)), table, k,
-                              exclude)
+                              exclude, item_chunk=ITEM_CHUNK, num_rows=rows)
     return ids, scores
 
   b, w = jax.export.symbolic_shape("b, w")

@@ -32,12 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from recattn_jax.data.pipeline import eval_batches
-from recattn_jax.evaluation.topk import top_k_items
+from recattn_jax.evaluation.topk import pad_table, top_k_items
 from recattn_jax.explain import attention_over_history
-from recattn_jax.models import (build_encoder, encoder_spec, init_encoder, last_hidden,
+from recattn_jax.models import (build_encoder, encoder_spec, init_encoder,
                                 scoring_table, scoring_users, user_vectors)
-from recattn_jax.serving.lists import (MAX_BATCH, Recommendation, UnknownIdError, Vocabulary,
-                                       batch_rows, exclude_width, list_length)
+from recattn_jax.serving.lists import (ITEM_CHUNK, Recommendation, Vocabulary,
+                                       batch_rows, exclude_width, list_length, rows_per_call)
 from recattn_jax.serving.session import Session
 from recattn_jax.training.bundle import Bundle, BundleError, read_bundle
 
@@ -80,7 +80,11 @@ class Recommender:
     template = jax.eval_shape(functools.partial(init_encoder, self.model, max_len=self.max_len),
                               jax.random.key(0))
     self.params = restore_params(template, bundle.params, bundle.path)
-    self.table = jax.jit(functools.partial(scoring_table, self.model))(self.params)
+    # Padded once to whole chunks of the top-K scan, so no request copies the table.
+    table = jax.jit(functools.partial(scoring_table, self.model))(self.params)
+    self.table_rows = table.shape[0]
+    self.table = pad_table(table, ITEM_CHUNK)
+    self.rows_per_call = rows_per_call(self.max_len, jax.default_backend())
     self.reads_timestamps = ("timestamps" in self.spec["batch_keys"]
                              and getattr(self.model, "num_time_buckets", 1) > 0)
     self.reads_users = self.model.user_profiles is not None
@@ -101,12 +105,12 @@ class Recommender:
 
   @functools.cached_property
   def _score(self):
-    model = self.model
+    model, rows = self.model, self.table_rows
 
     @functools.partial(jax.jit, static_argnames=("k",))
     def score(params, table, batch, *, k):
       users = scoring_users(model, user_vectors(model, params, batch))
-      return top_k_items(users, table, k, batch["exclude"])
+      return top_k_items(users, table, k, batch["exclude"], item_chunk=ITEM_CHUNK, num_rows=rows)
     return score
 
   def _top_k(self, histories: list[np.ndarray], k: int, exclude_seen: bool,
@@ -114,11 +118,12 @@ class Recommender:
     """(ids [n, k], scores [n, k]) of internal histories (each non-empty)."""
     length = list_length(k)
     ids, scores = [], []
-    for start in range(0, len(histories), MAX_BATCH):
-      part = slice(start, start + MAX_BATCH)
+    for start in range(0, len(histories), self.rows_per_call):
+      part = slice(start, start + self.rows_per_call)
       rows = len(histories[part])
       for batch in eval_batches(histories[part], np.ones(rows, np.int32), max_len=self.max_len,
-                                batch_size=batch_rows(rows), padding=self.padding,
+                                batch_size=batch_rows(rows, self.rows_per_call),
+                                padding=self.padding,
                                 append_mask_id=self.model.mask_id,
                                 timestamps=None if timestamps is None else timestamps[part],
                                 users=None if users is None else users[part],

@@ -28,12 +28,11 @@ import functools
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from recattn_jax.evaluation.topk import top_k_items
 from recattn_jax.models import scoring_users
-from recattn_jax.serving.lists import Recommendation, exclude_width, list_length
+from recattn_jax.serving.lists import ITEM_CHUNK, Recommendation, exclude_width, list_length
 
 
 def cacheable(model, spec: dict) -> bool:
@@ -52,9 +51,10 @@ def _extend(model, params, cache, items, users, timestamps):
   return model.apply(params, cache, items, users=users, timestamps=timestamps, method="extend")
 
 
-@functools.partial(jax.jit, static_argnames=("model", "k"))
-def _top_k(model, table, vector, exclude, *, k):
-  return top_k_items(scoring_users(model, vector), table, k, exclude)
+@functools.partial(jax.jit, static_argnames=("model", "k", "num_rows"))
+def _top_k(model, table, vector, exclude, *, k, num_rows):
+  return top_k_items(scoring_users(model, vector), table, k, exclude, item_chunk=ITEM_CHUNK,
+                     num_rows=num_rows)
 
 
 def _exclude_row(items: list[int], max_len: int) -> np.ndarray:
@@ -120,12 +120,12 @@ class Session:
   def _users(self, shape):
     if not self.rec.reads_users:
       return None
-    return jnp.full(shape, self.user_index + 1, jnp.int32)
+    return np.full(shape, self.user_index + 1, np.int32)
 
-  def _times(self, values) -> jax.Array | None:
+  def _times(self, values) -> np.ndarray | None:
     if self.times is None:
       return None
-    return jnp.asarray(np.asarray(values, np.float64) - self._origin, jnp.float32)
+    return (np.asarray(values, np.float64) - self._origin).astype(np.float32)
 
   def _prefill(self):
     window = self._window()
@@ -137,7 +137,7 @@ class Session:
       times = np.zeros((1, self.rec.max_len), np.float64) + self.times[window][-1]
       times[0, :len(newest)] = self.times[window]
       times = self._times(times)
-    self._vector, self._cache = _prefill(self.rec.model, self.rec.params, jnp.asarray(items),
+    self._vector, self._cache = _prefill(self.rec.model, self.rec.params, items,
                                          self._users(items.shape), times)
 
   def append(self, item, timestamp: float | None = None) -> "Session":
@@ -156,7 +156,7 @@ class Session:
       self._prefill()  # the first event, or the window slid: every position moved
     else:
       self._vector, self._cache = _extend(
-          self.rec.model, self.rec.params, self._cache, jnp.asarray([index], jnp.int32),
+          self.rec.model, self.rec.params, self._cache, np.asarray([index], np.int32),
           self._users((1,)), None if self.times is None else self._times([self.times[-1]]))
     return self
 
@@ -169,7 +169,7 @@ class Session:
     """The encoder's output at the newest event ([D]), from the cache."""
     if not self.uses_cache:
       raise ValueError("this session recomputes its window on each recommend (uses_cache=False)")
-    return np.asarray(self._vector[0])
+    return np.asarray(self._vector)[0]
 
   def recommend(self, k: int = 10, *, exclude_seen: bool = True):
     """The top-`k` after the session's events (`Recommendation`; popularity when empty)."""
@@ -183,8 +183,8 @@ class Session:
       users = None if not rec.reads_users else [self.user_index]
       return rec._lists(histories, k, exclude_seen, times, users, [[]])[0]  # pylint: disable=protected-access
     exclude = _exclude_row(self.items if exclude_seen else [], rec.max_len)
-    scores, ids = _top_k(rec.model, rec.table, self._vector, jnp.asarray(exclude),
-                         k=list_length(k))
+    scores, ids = _top_k(rec.model, rec.table, self._vector, exclude, k=list_length(k),
+                         num_rows=rec.table_rows)
     ids, scores = np.asarray(ids)[0, :k], np.asarray(scores)[0, :k]
     keep = ids > 0
     return Recommendation(items=list(rec.items.ids[ids[keep]]), scores=scores[keep],
