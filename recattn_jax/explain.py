@@ -31,7 +31,7 @@ from recattn_jax.data.readers import item_titles
 from recattn_jax.data.cloze import append_mask
 from recattn_jax.data.pipeline import pad_to
 from recattn_jax.evaluation.ranking import target_ranks
-from recattn_jax.evaluation.topk import top_k_items
+from recattn_jax.evaluation.topk import check_item_ids, top_k_items
 from recattn_jax.models import build_encoder, init_encoder, last_hidden, scoring_inputs
 from recattn_jax.models.transformer import capture_attention_weights
 from recattn_jax.training.checkpoint import Checkpoints
@@ -129,6 +129,7 @@ def attention_over_history(model, params, history, item=None, *, top_k: int = 10
   for row, h in enumerate(histories):
     exclude[row, :len(h)] = h
   asked = np.asarray([1 if i is None else int(i) for i in items_asked], np.int32)
+  check_item_ids(histories + [asked], model.num_items)
   exclude = jnp.asarray(exclude) if exclude_seen else None
   users = None
   if user is not None:

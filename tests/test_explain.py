@@ -205,3 +205,14 @@ def test_hstu_pointwise_weights_are_captured_and_explain_its_output():
   assert np.all(weights[..., :2] == 0) and np.any(np.abs(weights.sum(-1)[..., 2:] - 1) > 1e-3)
   explanation = attention_over_history(model, params, [3, 7, 12, 5, 9, 4], top_k=3)
   np.testing.assert_allclose(explanation.weights, np.stack(layers)[:, 0, :, -1, 2:], atol=1e-6)
+
+
+def test_ids_outside_the_catalogue_are_named_not_scored_as_nan(sasrec):
+  from recattn_jax.evaluation.topk import recommend  # pylint: disable=g-import-not-at-top
+  model, params = sasrec[:2]
+  with pytest.raises(ValueError, match=r"outside the catalogue 1\.\.\d+: 5000"):
+    attention_over_history(model, params, [3, 5000])
+  with pytest.raises(ValueError, match="outside the catalogue"):
+    attention_over_history(model, params, [3], item=5000)
+  with pytest.raises(ValueError, match="outside the catalogue"):
+    recommend(model, params, [np.asarray([5000])], k=3, max_len=model.max_len)

@@ -74,6 +74,15 @@ def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
   return scores, jnp.where(jnp.isneginf(scores), 0, ids)
 
 
+def check_item_ids(histories: Sequence[np.ndarray], num_items: int) -> None:
+  """ValueError naming the ids outside 1..num_items: they would score as NaN or as another item."""
+  bad = sorted({int(i) for h in histories for i in np.asarray(h).ravel() if not 1 <= i <= num_items})
+  if bad:
+    shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+    raise ValueError(f"item ids outside the catalogue 1..{num_items}: {shown} (internal ids; "
+                     "`serving.Recommender` takes original ids and names unknown ones)")
+
+
 def pad_table(item_table: jax.Array, item_chunk: int) -> jax.Array:
   """`item_table` with zero rows appended up to a multiple of `item_chunk` (see `top_k_items`)."""
   rows = item_table.shape[0]
@@ -99,6 +108,7 @@ def recommend(model, params, histories: Sequence[np.ndarray], *, k: int, max_len
                               item_chunk=item_chunk)
     return ids, scores
 
+  check_item_ids(histories, model.num_items)
   ids, scores = [], []
   targets = np.ones(len(histories), np.int32)  # eval_batches wants targets; unused here
   for batch in eval_batches(histories, targets, max_len=max_len, batch_size=batch_size,
