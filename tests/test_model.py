@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recattn_jax.models import last_hidden, positions_in_sequence
+from recattn_jax.data.pipeline import pad_to
+from recattn_jax.models import SASRec, last_hidden, positions_in_sequence, serving_vectors, user_vectors
 from tests.helpers import make_encoder
 
 
@@ -139,3 +140,15 @@ def test_bfloat16_compute_keeps_float32_parameters_and_matches():
   high = fp32.apply(params, items)
   rel = np.linalg.norm(np.asarray(low, np.float32) - high) / np.linalg.norm(high)
   assert rel < 3e-2
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_sasrec_newest_hidden_equals_the_full_pass_at_the_newest_event(padding):
+  """Serving runs SASRec's last block at the newest event only (`serving_vectors`)."""
+  model = SASRec(num_items=40, max_len=10, embed_dim=16, num_layers=2, num_heads=2, ff_dim=32)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 10), jnp.int32))
+  rng = np.random.default_rng(0)
+  items = np.stack([pad_to(rng.integers(1, 41, n).astype(np.int32), 10, padding)
+                    for n in (1, 4, 10)])
+  np.testing.assert_allclose(serving_vectors(model, params, {"inputs": items}),
+                             user_vectors(model, params, {"inputs": items}), atol=2e-6)

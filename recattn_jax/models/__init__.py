@@ -30,7 +30,7 @@ from recattn_jax.models.registry import (ENCODERS, HEADS, ITEM_ENCODERS, MATCHER
 from recattn_jax.models.sasrec import SASRec
 from recattn_jax.models.scoring import (catalogue_logits, encode, fold_item_bias, init_encoder,
                                         last_hidden, scoring_inputs, scoring_table,
-                                        scoring_users, user_vectors)
+                                        scoring_users, serving_vectors, user_vectors)
 from recattn_jax.models.user_context import UserContext
 from recattn_jax.registry import check_keywords, keyword_defaults
 
@@ -41,7 +41,7 @@ __all__ = [
     "build_encoder", "build_head", "build_pointwise_model", "catalogue_logits", "encode",
     "encoder_kwargs", "encoder_spec", "fold_item_bias", "init_encoder", "last_hidden",
     "pointwise_kwargs", "positions_in_sequence", "scoring_inputs", "scoring_table",
-    "scoring_users", "user_vectors",
+    "scoring_users", "serving_vectors", "user_vectors",
 ]
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from recattn_jax.models.base import Layout, SequenceEncoder, positions_in_sequence
 from recattn_jax.models.registry import ENCODERS
-from recattn_jax.models.scoring import last_hidden
+from recattn_jax.models.scoring import last_hidden, newest_index
 from recattn_jax.models.transformer import TransformerBlock
 from recattn_jax.models.user_context import check_users
 
@@ -45,6 +45,19 @@ class SASRec(SequenceEncoder):
       keys.append(k)
       values.append(v)
     return self.final_norm(x), keys, values
+
+  def newest_hidden(self, items: jax.Array, *, users: jax.Array | None = None,
+                    timestamps: jax.Array | None = None) -> jax.Array:
+    """[B, D] = `last_hidden(self(items), items)`, with the last block run at the newest event only."""
+    del timestamps
+    layout = self.layout(items, None, users)
+    x = self.embed(items, layout, True, users)
+    mask = layout.mask(causal=True)
+    if not self.blocks:
+      return last_hidden(self.final_norm(x), items)
+    for block in self.blocks[:-1]:
+      x, _, _ = block(x, mask, layout.valid, True)
+    return self.final_norm(self.blocks[-1].query_at(x, layout.valid, newest_index(items)))[:, 0]
 
   def prefill(self, items: jax.Array, users: jax.Array | None = None,
               timestamps: jax.Array | None = None) -> tuple[jax.Array, dict]:

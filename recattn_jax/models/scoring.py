@@ -33,17 +33,32 @@ def encode(model: Encoder, params, batch: dict, **kwargs) -> jax.Array:
   return model.apply(params, batch["inputs"], batch.get("segment_ids"), **kwargs)
 
 
+def newest_index(items: jax.Array) -> jax.Array:
+  """[B] position of each row's newest event (0 for an empty row), for left or right padding."""
+  index = jnp.where(items > 0, jnp.arange(items.shape[-1]), -1).max(axis=-1)
+  return jnp.maximum(index, 0)
+
+
 def last_hidden(hidden: jax.Array, items: jax.Array) -> jax.Array:
   """Hidden state at each row's newest event ([B, D]), for left or right padding."""
-  valid = items > 0
-  index = jnp.where(valid, jnp.arange(items.shape[-1]), -1).max(axis=-1)
-  index = jnp.maximum(index, 0)
-  return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
+  return jnp.take_along_axis(hidden, newest_index(items)[:, None, None], axis=1)[:, 0]
 
 
 def user_vectors(model: Encoder, params, batch: dict) -> jax.Array:
   """[B, D]: the encoder's output at each row's newest input (a mask token for cloze encoders)."""
   return last_hidden(encode(model, params, batch), batch["inputs"])
+
+
+def serving_vectors(model: Encoder, params, batch: dict) -> jax.Array:
+  """`user_vectors` of an unpacked batch, through the encoder's `newest_hidden` when it has one.
+
+  Serving needs only the newest position, so encoders that can (SASRec) run
+  their last layer there alone; equal to `user_vectors` within float rounding.
+  """
+  if not hasattr(type(model), "newest_hidden"):
+    return user_vectors(model, params, batch)
+  kwargs = {key: batch[key] for key in OPTIONAL_KEYS if key in batch}
+  return model.apply(params, batch["inputs"], method="newest_hidden", **kwargs)
 
 
 def fold_item_bias(hidden: jax.Array, table: jax.Array,

@@ -60,6 +60,14 @@ class MultiHeadSelfAttention(nn.Module):
       heads = self.attention_fn(q, k, v, mask=mask)
     return self.out(heads), k, v
 
+  def query_at(self, x: jax.Array, valid: jax.Array, index: jax.Array) -> jax.Array:
+    """[B, 1, D]: the causal output at position `index` [B] alone, keys from all of x [B, L, D]."""
+    qkv = self.qkv(x)
+    query = jnp.take_along_axis(qkv[:, :, 0], index[:, None, None, None], axis=1)
+    visible = valid & (jnp.arange(x.shape[1])[None, :] <= index[:, None])
+    out = self.attention_fn(query, qkv[:, :, 1], qkv[:, :, 2], mask=MaskSpec(kv_valid=visible))
+    return self.out(out)
+
   def step(self, x: jax.Array, k_cache: jax.Array, v_cache: jax.Array, index: jax.Array):
     """x [B, 1, D] at position `index` [B] attends to cached keys 0..index-1 and itself."""
     qkv = self.qkv(x)
@@ -109,6 +117,12 @@ class TransformerBlock(nn.Module):
     x = x + self.dropout(h, deterministic=deterministic)
     x = x + self.dropout(self.ff(self.ff_norm(x), deterministic), deterministic=deterministic)
     return x * valid[..., None].astype(x.dtype), k, v
+
+  def query_at(self, x: jax.Array, valid: jax.Array, index: jax.Array) -> jax.Array:
+    """[B, 1, D]: the block's causal output at position `index` [B] alone (no dropout)."""
+    h = self.attention.query_at(self.attention_norm(x), valid, index)
+    x = jnp.take_along_axis(x, index[:, None, None], axis=1) + h
+    return x + self.ff(self.ff_norm(x), True)
 
   def step(self, x: jax.Array, k_cache: jax.Array, v_cache: jax.Array, index: jax.Array):
     h, k_cache, v_cache = self.attention.step(self.attention_norm(x), k_cache, v_cache, index)

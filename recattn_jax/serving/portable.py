@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recattn_jax.evaluation.topk import top_k_items
-from recattn_jax.models import scoring_users, user_vectors
+from recattn_jax.models import scoring_users, serving_vectors
 from recattn_jax.serving.lists import ITEM_CHUNK
 
 ARTIFACT = "scorer.jaxexport"
@@ -47,7 +47,7 @@ def export_scorer(rec, out: str | pathlib.Path, *, k: int = 100,
     batch = {"inputs": inputs, "exclude": exclude}
     if with_times:
       batch["timestamps"] = timestamps[0]
-    scores, ids = top_k_items(scoring_users(model, user_vectors(model, params, batch)), table, k,
+    scores, ids = top_k_items(scoring_users(model, serving_vectors(model, params, batch)), table, k,
                               exclude, item_chunk=ITEM_CHUNK, num_rows=rows)
     return ids, scores
 

@@ -35,7 +35,7 @@ from recattn_jax.data.pipeline import eval_batches
 from recattn_jax.evaluation.topk import pad_table, top_k_items
 from recattn_jax.explain import attention_over_history
 from recattn_jax.models import (build_encoder, encoder_spec, init_encoder,
-                                scoring_table, scoring_users, user_vectors)
+                                scoring_table, scoring_users, serving_vectors)
 from recattn_jax.serving.lists import (ITEM_CHUNK, Recommendation, Vocabulary,
                                        batch_rows, exclude_width, list_length, rows_per_call)
 from recattn_jax.serving.session import Session
@@ -109,7 +109,7 @@ class Recommender:
 
     @functools.partial(jax.jit, static_argnames=("k",))
     def score(params, table, batch, *, k):
-      users = scoring_users(model, user_vectors(model, params, batch))
+      users = scoring_users(model, serving_vectors(model, params, batch))
       return top_k_items(users, table, k, batch["exclude"], item_chunk=ITEM_CHUNK, num_rows=rows)
     return score
 
