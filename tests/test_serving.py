@@ -256,6 +256,10 @@ def test_session_appends_equal_full_recomputation_past_max_len(tmp_path, name, f
     cloze = rec.model.mask_id is not None  # the mask token takes one place of the window
     assert listed.truncated == full.truncated == max(0, n - rec.max_len + cloze)
   assert session.history == events
+  several = rec.session(history=events[:3], timestamps=times[:3] if timed else None)
+  several.extend(events[3:6], timestamps=times[3:6] if timed else None)  # no recommend between
+  assert several.recommend(k=6).items == rec.recommend(
+      events[:6], k=6, timestamps=times[:6] if timed else None).items
 
 
 def test_a_session_starts_from_a_known_users_history(tmp_path):

@@ -136,10 +136,9 @@ class Recommender:
         scores.append(np.asarray(top_scores)[:rows, :k])
     return np.concatenate(ids), np.concatenate(scores)
 
-  def popular(self, k: int, exclude: np.ndarray | None = None) -> Recommendation:
+  def popular(self, k: int) -> Recommendation:
     """The `k` items with the most training events (ties: lower index), as a fallback list."""
-    order = self._popular if exclude is None else self._popular[~np.isin(self._popular, exclude)]
-    order = order[:k]
+    order = self._popular[:k]
     return Recommendation(items=list(self.items.ids[order]),
                           scores=self.popularity[order].astype(np.float32), source="popularity")
 

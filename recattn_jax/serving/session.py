@@ -57,6 +57,14 @@ def _top_k(model, table, vector, exclude, *, k, num_rows):
                      num_rows=num_rows)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "k", "num_rows"), donate_argnums=(2,))
+def _extend_top_k(model, params, cache, items, users, timestamps, table, exclude, *, k, num_rows):
+  """`_extend` then `_top_k` in one dispatch: the usual append-then-recommend step."""
+  vector, cache = model.apply(params, cache, items, users=users, timestamps=timestamps,
+                              method="extend")
+  return (vector, cache) + _top_k(model, table, vector, exclude, k=k, num_rows=num_rows)
+
+
 def _exclude_row(items: list[int], max_len: int) -> np.ndarray:
   row = np.zeros((1, exclude_width(max(len(items), max_len))), np.int32)
   row[0, :len(items)] = items
@@ -99,6 +107,9 @@ class Session:
     self.uses_cache = use_cache and cacheable(rec.model, rec.spec)
     self._cache = None
     self._vector = None
+    # Events appended but not yet in the cache: the newest of them is added together
+    # with the next top-K, so an append followed by a recommend is one dispatch.
+    self._unencoded = 0
     self._origin = times[0] if times else None  # times go to the model relative to it
     if self.uses_cache and self.items:
       self._prefill()
@@ -153,12 +164,24 @@ class Session:
     if not self.uses_cache:
       return self
     if self._cache is None or len(self.items) > self.rec.max_len:
+      self._unencoded = 0
       self._prefill()  # the first event, or the window slid: every position moved
     else:
-      self._vector, self._cache = _extend(
-          self.rec.model, self.rec.params, self._cache, np.asarray([index], np.int32),
-          self._users((1,)), None if self.times is None else self._times([self.times[-1]]))
+      self._unencoded += 1
     return self
+
+  def _step_inputs(self, back: int):
+    """(item [1], users, timestamps) of the event `back` places from the newest (1 = newest)."""
+    item = np.asarray([self.items[-back]], np.int32)
+    times = None if self.times is None else self._times([self.times[-back]])
+    return item, self._users((1,)), times
+
+  def _catch_up(self, leave: int = 0):
+    """Extends the cache by the appended events it lacks but the newest `leave`."""
+    while self._unencoded > leave:
+      self._vector, self._cache = _extend(self.rec.model, self.rec.params, self._cache,
+                                          *self._step_inputs(self._unencoded))
+      self._unencoded -= 1
 
   def extend(self, items: Sequence, timestamps: Sequence | None = None) -> "Session":
     for i, item in enumerate(items):
@@ -169,6 +192,7 @@ class Session:
     """The encoder's output at the newest event ([D]), from the cache."""
     if not self.uses_cache:
       raise ValueError("this session recomputes its window on each recommend (uses_cache=False)")
+    self._catch_up()
     return np.asarray(self._vector)[0]
 
   def recommend(self, k: int = 10, *, exclude_seen: bool = True):
@@ -183,9 +207,16 @@ class Session:
       users = None if not rec.reads_users else [self.user_index]
       return rec._lists(histories, k, exclude_seen, times, users, [[]])[0]  # pylint: disable=protected-access
     exclude = _exclude_row(self.items if exclude_seen else [], rec.max_len)
-    scores, ids = _top_k(rec.model, rec.table, self._vector, exclude, k=list_length(k),
-                         num_rows=rec.table_rows)
+    self._catch_up(leave=1)
+    if self._unencoded:
+      self._vector, self._cache, scores, ids = _extend_top_k(
+          rec.model, rec.params, self._cache, *self._step_inputs(1), rec.table, exclude,
+          k=list_length(k), num_rows=rec.table_rows)
+      self._unencoded = 0
+    else:
+      scores, ids = _top_k(rec.model, rec.table, self._vector, exclude, k=list_length(k),
+                           num_rows=rec.table_rows)
     ids, scores = np.asarray(ids)[0, :k], np.asarray(scores)[0, :k]
     keep = ids > 0
     return Recommendation(items=list(rec.items.ids[ids[keep]]), scores=scores[keep],
-                                truncated=max(0, len(self.items) - rec.max_len))
+                          truncated=max(0, len(self.items) - rec.max_len))
