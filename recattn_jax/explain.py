@@ -29,7 +29,7 @@ import numpy as np
 from recattn_jax.data.loading import load_split, load_split_features, load_user_profiles
 from recattn_jax.data.readers import item_titles
 from recattn_jax.data.cloze import append_mask
-from recattn_jax.data.pipeline import pad_to
+from recattn_jax.data.pipeline import eval_batches, pad_to
 from recattn_jax.evaluation.ranking import target_ranks
 from recattn_jax.evaluation.topk import check_item_ids, top_k_items
 from recattn_jax.models import build_encoder, init_encoder, last_hidden, scoring_inputs
@@ -72,10 +72,11 @@ def attention_weights_by_layer(intermediates: dict) -> list[jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "top_k"))
-def _explain(model, params, inputs, exclude, asked, users, *, top_k):
+def _explain(model, params, inputs, exclude, asked, users, timestamps, *, top_k):
   """Weights [B, layers, H, L] at each row's newest event, top-K and the asked items' scores and ranks."""
   with capture_attention_weights():
     hidden, state = model.apply(params, inputs, deterministic=True, users=users,
+                                timestamps=timestamps,
                                 mutable=["intermediates"])
   layers = attention_weights_by_layer(state["intermediates"])
   if not layers:
@@ -92,7 +93,7 @@ def _explain(model, params, inputs, exclude, asked, users, *, top_k):
 
 def attention_over_history(model, params, history, item=None, *, top_k: int = 10,
                            exclude_seen: bool = True, padding: str = "left",
-                           max_len: int | None = None, user=None):
+                           max_len: int | None = None, user=None, timestamps=None):
   """Attention over the history at the recommending position, with the top-K list.
 
   Args:
@@ -110,6 +111,8 @@ def attention_over_history(model, params, history, item=None, *, top_k: int = 10
     max_len: input length (default `model.max_len`); only the newest events fit.
     user: the user's index (or one per history), needed by models with a user
       context (`data.user_friends_path`).
+    timestamps: seconds of each history event (one array per history for a
+      list), for models that read time (HSTU's time bias), as in evaluation.
   Returns:
     An `Explanation`, or a list of them for a list of histories.
   """
@@ -135,7 +138,13 @@ def attention_over_history(model, params, history, item=None, *, top_k: int = 10
   if user is not None:
     per_row = np.asarray(list(user) if batched else [user], np.int32)
     users = jnp.asarray(np.repeat(per_row[:, None] + 1, length, axis=1))
-  outputs = _explain(model, params, inputs, exclude, jnp.asarray(asked), users, top_k=top_k)
+  times = None
+  if timestamps is not None:
+    per_history = list(timestamps) if batched else [timestamps]
+    times = jnp.asarray(next(eval_batches(
+        histories, np.ones(len(histories), np.int32), max_len=length, batch_size=len(histories),
+        padding=padding, append_mask_id=mask_id, timestamps=per_history))["timestamps"])
+  outputs = _explain(model, params, inputs, exclude, jnp.asarray(asked), users, times, top_k=top_k)
   weights, scores, ids, asked_scores, asked_ranks = (np.asarray(a) for a in outputs)
   valid = (np.asarray(inputs) > 0) & (np.asarray(inputs) != mask_id)
   out = []

@@ -262,6 +262,16 @@ def test_session_appends_equal_full_recomputation_past_max_len(tmp_path, name, f
       events[:6], k=6, timestamps=times[:6] if timed else None).items
 
 
+def test_explain_of_a_model_that_reads_time_uses_the_times(tmp_path):
+  rec = Recommender.load(_random_bundle(tmp_path / "b", "hstu", positions="start"))
+  history, times = rec.user_history("u2"), list(rec.bundle.data.history_timestamps[2])
+  explained = rec.explain(user="u2", k=5)
+  assert list(explained.items) == rec.recommend(history, k=5, timestamps=times).items
+  assert list(rec.explain(history, timestamps=times, k=5).items) == list(explained.items)
+  with pytest.raises(ValueError, match="reads event times"):
+    rec.explain(history, k=5)
+
+
 def test_a_session_starts_from_a_known_users_history(tmp_path):
   rec = Recommender.load(_random_bundle(tmp_path / "b", "sasrec", positions="start"))
   session = rec.session(user="u1").append("i3")

@@ -235,28 +235,36 @@ class Recommender:
     return list(self.items.ids[self.bundle.data.histories[index]])
 
   def explain(self, history: Sequence | None = None, *, user=None, item=None, k: int = 10,
-              exclude_seen: bool = True, unknown: str = "error"):
+              exclude_seen: bool = True, unknown: str = "error", timestamps: Sequence | None = None):
     """The attention over a history (or a known user's) and the top-`k`, by original ids.
 
     Returns `explain.Explanation` whose history, items and item are original
     ids; `weights` [layers, heads, n] as in `explain.attention_over_history`.
     """
     k = self._check_k(k)
+    times = None
     if history is None:
       if user is None:
         raise ValueError("explain needs a history or a user")
       (index,), _, _ = self.users.lookup([user])
       internal = self.bundle.data.histories[index]
+      if self.reads_timestamps:
+        times = self.bundle.data.history_timestamps[index]
     else:
-      internal, _, _ = self.items.lookup(list(history), unknown)
+      internal, kept, _ = self.items.lookup(list(history), unknown)
       index = self.users.lookup([user])[0][0] if (user is not None and self.reads_users) else None
+      if self.reads_timestamps:
+        if timestamps is None or len(timestamps) != len(history):
+          raise ValueError(f"{self.config.model.name} reads event times: pass timestamps= with "
+                           "the history")
+        times = np.asarray(timestamps, np.float64)[kept]
     if len(internal) == 0:
       raise ValueError("explain needs at least one known event in the history")
     asked = None if item is None else int(self.items.lookup([item])[0][0])
     explanation = attention_over_history(
         self.model, self.params, internal, asked, top_k=k, exclude_seen=exclude_seen,
         padding=self.padding, max_len=self.max_len,
-        user=index if self.reads_users else None)
+        user=index if self.reads_users else None, timestamps=times)
     keep = explanation.items > 0
     return dataclasses.replace(
         explanation, history=self.items.ids[explanation.history],
