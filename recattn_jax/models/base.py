@@ -191,12 +191,19 @@ class SequenceEncoder(nn.Module):
     segment_ids = jnp.where(valid, segment_ids, 0) if packed else valid.astype(jnp.int32)
     return Layout(valid, segment_ids, packed)
 
-  def _check_cacheable(self, items: jax.Array):
-    """Raises unless `prefill` can cache this encoder's keys and values for `items` [B, L]."""
+  def cache_problem(self) -> str | None:
+    """Why appended events would invalidate cached keys and values (None: they would not)."""
     if self.positions != "start":
       name = next((n for n in ENCODERS.names() if ENCODERS.get(n) is type(self)), "*")
-      raise ValueError(f"a key/value cache needs model.{name}.positions='start' (positions that do "
-                       "not change when events are appended)")
+      return (f"a key/value cache needs model.{name}.positions='start' (positions that do "
+              "not change when events are appended)")
+    return None
+
+  def _check_cacheable(self, items: jax.Array):
+    """Raises unless `prefill` can cache this encoder's keys and values for `items` [B, L]."""
+    problem = self.cache_problem()
+    if problem:
+      raise ValueError(problem)
     if items.shape[1] > self.max_len:
       raise ValueError(f"history length {items.shape[1]} exceeds data.max_len={self.max_len}")
 

@@ -306,7 +306,7 @@ class HSTU(SequenceEncoder):
     `timestamps` [B] exactly when `prefill` had them (ignored without a time bias).
     """
     check_users(self.user_profiles, users)
-    self._check_attention_norm()
+    self._check_cacheable(new_items[:, None])
     index = cache["length"]
     times = None
     if self.num_time_buckets:
@@ -333,12 +333,9 @@ class HSTU(SequenceEncoder):
       new_cache["timestamps"] = times
     return self.final_norm(x)[:, 0], new_cache
 
-  def _check_cacheable(self, items):
-    super()._check_cacheable(items)
-    self._check_attention_norm()
-
-  def _check_attention_norm(self):
+  def cache_problem(self) -> str | None:
     if self.attention_norm == "sequence":
-      raise ValueError("a key/value cache needs model.hstu.attention_norm='max_len' or 'causal': "
-                       "'sequence' divides by the events after i too, so appending an event "
-                       "would change every cached output")
+      return ("a key/value cache needs model.hstu.attention_norm='max_len' or 'causal': "
+              "'sequence' divides by the events after i too, so appending an event "
+              "would change every cached output")
+    return super().cache_problem()

@@ -36,9 +36,8 @@ from recattn_jax.serving.lists import ITEM_CHUNK, Recommendation, exclude_width,
 
 
 def cacheable(model, spec: dict) -> bool:
-  """Whether `model`'s keys and values stay valid when an event is appended."""
-  return (bool(spec.get("kv_cache")) and model.mask_id is None and model.positions == "start"
-          and getattr(model, "attention_norm", "max_len") != "sequence")
+  """Whether `model` has a key/value cache that stays valid when an event is appended."""
+  return bool(spec.get("kv_cache")) and model.cache_problem() is None
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

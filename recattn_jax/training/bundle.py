@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import io
 import json
 import os
@@ -37,6 +36,7 @@ import numpy as np
 
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.data.social import UserProfiles
+from recattn_jax.training.checkpoint import sha256_file
 
 FORMAT = "recattn_jax.bundle"
 FORMAT_VERSION = 1
@@ -73,14 +73,6 @@ class Bundle:
   @property
   def config(self):
     return ml_collections.ConfigDict(self.manifest["config"])
-
-
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def _ragged(prefix: str, rows: list[np.ndarray], dtype) -> dict[str, np.ndarray]:
@@ -173,7 +165,7 @@ def write_bundle(path: str | pathlib.Path, *, config, params: Any, data: BundleD
         "config": json.loads(config.to_json_best_effort()), "run": run or {},
         "data_stats": data.stats, **meta,
         "files": {name: {"bytes": (staging / name).stat().st_size,
-                         "sha256": _sha256(staging / name)} for name in _FILES},
+                         "sha256": sha256_file(staging / name)} for name in _FILES},
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default),
                                     encoding="utf-8")
@@ -218,7 +210,7 @@ def read_manifest(path: str | pathlib.Path) -> dict:
     if size != expected["bytes"]:
       raise BundleError(f"{file} is {size} bytes but the bundle records {expected['bytes']} "
                         "(truncated or replaced); export the bundle again")
-    if _sha256(file) != expected["sha256"]:
+    if sha256_file(file) != expected["sha256"]:
       raise BundleError(f"{file} does not match its SHA256 in {MANIFEST} (damaged); export the "
                         "bundle again")
   missing = [name for name in _FILES if name not in manifest.get("files", {})]

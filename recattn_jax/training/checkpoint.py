@@ -51,7 +51,7 @@ class Progress:
   train_seconds: float = 0.0
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_file(path: pathlib.Path) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -66,7 +66,7 @@ def _files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
 
 def write_manifest(directory: pathlib.Path) -> None:
   """Records the size and SHA256 of every file under a completed checkpoint directory."""
-  record = {name: {"size": path.stat().st_size, "sha256": _sha256(path)}
+  record = {name: {"size": path.stat().st_size, "sha256": sha256_file(path)}
             for name, path in _files(directory).items()}
   tmp = directory / (MANIFEST + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
@@ -96,7 +96,7 @@ def verify(directory: pathlib.Path) -> str | None:
     path = present[name]
     if path.stat().st_size != want["size"]:
       return f"{path} has {path.stat().st_size} bytes, {want['size']} were written"
-    if _sha256(path) != want["sha256"]:
+    if sha256_file(path) != want["sha256"]:
       return f"{path} fails its SHA256 check (its bytes changed after writing)"
   return None
 
