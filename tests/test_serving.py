@@ -384,3 +384,22 @@ def test_batch_cli_writes_every_users_top_k_with_original_ids(bundle, rec, tmp_p
 
 def test_top_level_import():
   assert recattn_jax.Recommender is Recommender
+
+
+def test_bad_batch_requests_and_exports_are_named(rec, tmp_path):
+  from recattn_jax.serving.batch import read_histories, write_top_k  # pylint: disable=g-import-not-at-top
+  (tmp_path / "h.jsonl").write_text('{"id": "a", "history": ["1"]}\n{"id": "b", "items": ["1"]}\n')
+  with pytest.raises(ValueError, match=r"h.jsonl:2: expected an object with a \"history\" list"):
+    write_top_k(rec, tmp_path / "o.parquet", k=3, histories=read_histories(tmp_path / "h.jsonl"),
+                progress=False)
+  (tmp_path / "h.jsonl").write_text('{"id": "a", "history": ["1", "5000"]}\n')
+  with pytest.raises(UnknownIdError, match="request 'a': 1 unknown item id"):
+    write_top_k(rec, tmp_path / "o.parquet", k=3, histories=read_histories(tmp_path / "h.jsonl"),
+                progress=False)
+  with pytest.raises(UnknownIdError, match="unknown user"):
+    write_top_k(rec, tmp_path / "o.parquet", k=3, users=["nobody"], progress=False)
+  assert not (tmp_path / "o.parquet").exists()
+  with pytest.raises(ValueError, match="one time per history event"):
+    rec.recommend(["1", "2"], timestamps=[1.0])
+  with pytest.raises(FileNotFoundError, match="results.json is missing: the run .* has not finished"):
+    export_bundle(tmp_path)
