@@ -1,4 +1,4 @@
-"""`pallas`: adapters over the Pallas flash-attention kernels shipped with JAX.
+"""`pallas`: adapters over the Pallas attention kernels shipped with JAX.
 
 * GPU: `jax.experimental.pallas.ops.gpu.attention.mha` (Triton). It takes
   causal masking and ONE segment-id array shared by queries and keys, no bias
@@ -6,22 +6,36 @@
   is 1 in q and 0 / -1e4/scale in k adds ~-1e4 to the logits of padded keys
   (free when D is not a power of two, since the kernel pads D to one anyway).
   Sequence lengths are padded to the kernel's block multiple the same way.
-* TPU: `jax.experimental.pallas.ops.tpu.flash_attention` (separate q / kv
-  segment ids and a dense bias); key padding becomes kv segment id -1.
-  Written against the kernel's documented signature but NOT run here: no TPU.
+  No local windows or block-sparse patterns (use `blockwise`).
+* TPU: `splash_attention` below, over the maintained splash-attention kernel
+  `jax.experimental.pallas.ops.tpu.splash_attention` (`make_splash_mha`,
+  vmapped over the batch; the kernel takes [heads, seq, head_dim] and does not
+  scale q, so q is scaled first). Causal and `window` masks become the
+  kernel's static `CausalMask` / `LocalMask` (whose tiles outside the mask are
+  skipped); segment ids (separate q / kv arrays, Lq != Lk allowed) and key
+  padding become the kernel's `SegmentIds`: queries of segment 0 get one
+  sentinel id, padded / invalid keys another that no query has. Lengths are
+  padded to a multiple of 128 (the kernel's lane width) and the blocks are the
+  largest of 512 / 256 / 128 dividing that. Bias and block-sparse masks raise
+  NotImplementedError (the kernel has no dense bias input).
 
-Neither supports local windows or block-sparse patterns through this adapter
-(use `blockwise`), and neither has an "empty row" notion, so rows with no
-visible key are zeroed afterwards. On CPU the GPU kernel runs in Pallas
-interpret mode (`interpret=True`), which is how the tests exercise it.
+No kernel has an "empty row" notion, so rows with no visible key are zeroed
+afterwards (`_zero_invisible_rows`). Off their hardware both run in Pallas
+interpret mode, which is how the tests check them on CPU:
+`pallas_attention(..., interpret=True)` runs the GPU kernel, and
+`splash_attention(..., interpret=True)` (or a `pltpu.InterpretParams()`, TPU
+interpret mode) the TPU one (tests/test_splash.py). The splash path has not
+been run on a real TPU.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from recattn_jax.attention.mask import MaskSpec, visible_rows
 
@@ -102,38 +116,127 @@ def _gpu_mha(q, k, v, *, mask: MaskSpec | None, bias, scale: float, interpret: b
   return _zero_invisible_rows(out, mask, batch, q_len, kv_len)
 
 
-def _tpu_flash(q, k, v, *, mask: MaskSpec | None, bias, scale: float):  # pragma: no cover
-  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
+_SPLASH_LANES = 128  # the kernel's block edges must be multiples of this
+_SPLASH_BLOCKS = (512, 256, 128)  # largest that divides the 128-padded length wins
+_NO_QUERY_SEGMENT = int(np.iinfo(np.int32).min)  # queries that see nothing
+_NO_KEY_SEGMENT = _NO_QUERY_SEGMENT + 1  # keys nobody sees; never equal to the above
 
-  _unsupported(mask, bias, "tpu", allow_bias=True)
-  batch, q_len, heads, dim = q.shape
+
+def _splash_block(padded_len: int) -> int:
+  return next(b for b in _SPLASH_BLOCKS if padded_len % b == 0)
+
+
+def _splash_static_mask(mask: MaskSpec | None, lqp: int, lkp: int):
+  """The static (shape-only) part of `mask` as a splash mask over the padded lengths.
+
+  None when it hides every key from every query.
+
+  `MaskSpec.window=(left, right)` keeps keys in [i-left, i+right], which is
+  `LocalMask(window_size=(left, right), offset=0)` exactly; causal on top
+  lowers `right` to min(right, 0). Positions are unchanged by the padding,
+  which is appended at the end.
+  """
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+  shape = (lqp, lkp)
+  causal = mask is not None and mask.causal
+  window = None if mask is None else mask.window
+  if window is not None:
+    left, right = window
+    if causal:
+      right = min(right, 0)
+    # Beyond +-(Lq + Lk) a bound changes nothing; clipping keeps it in int32.
+    bound = lqp + lkp
+    left, right = (max(-bound, min(bound, int(x))) for x in (left, right))
+    # Some row i in [0, Lq) must keep a key j in [0, Lk): i - left <= j <= i + right.
+    if left + right < 0 or max(0, -right) > min(lqp - 1, lkp - 1 + left):
+      return None  # nothing visible anywhere (the kernel's mask processing rejects that)
+    return splash.LocalMask(shape, window_size=(left, right), offset=0)
+  if causal:
+    return splash.CausalMask(shape)
+  return splash.FullMask(shape)
+
+
+def _is_tpu_interpret_params(interpret) -> bool:
+  try:
+    from jax.experimental.pallas import tpu as pltpu
+  except ImportError:  # pragma: no cover - depends on the JAX build
+    return False
+  return isinstance(interpret, pltpu.InterpretParams)
+
+
+def splash_attention(q, k, v, *, mask: MaskSpec | None, bias, scale: float,
+                     interpret: Any = False) -> jax.Array:
+  """Softmax attention through the Pallas TPU splash-attention kernel.
+
+  This is what `implementation="pallas"` runs on TPU (interpret=False). On
+  CPU, `interpret=True` runs the same kernel code, vmapped over the batch as
+  on TPU, in Pallas's generic interpreter (the grid as a JAX loop); a
+  `pltpu.InterpretParams()` runs it in TPU interpret mode instead (simulated
+  VMEM / DMAs, NaN-filled uninitialised memory, out-of-bounds reads raise),
+  one example at a time since that interpreter rejects a vmapped kernel.
+
+  Masks: causal and `window` (the kernel's CausalMask / LocalMask, tiles
+  outside them are skipped), segment ids (separate q / kv ids, so Lq != Lk
+  is fine) and key padding (as segment ids no query has; user segment ids
+  must not be int32's two smallest values, the sentinels). Raises
+  NotImplementedError for a bias or a block-sparse pattern.
+  """
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+  if bias is not None:
+    raise NotImplementedError(
+        "implementation='pallas' on tpu: the splash-attention kernel has no bias input; "
+        "use 'xla' or 'blockwise'")
+  if mask is not None and mask.block_sparse is not None:
+    raise NotImplementedError(
+        "implementation='pallas' on tpu: block-sparse masks are not wired up to the "
+        "splash kernel; use 'blockwise'")
+
+  batch, q_len, heads, _ = q.shape
   kv_len = k.shape[1]
-  block = 128
-  lqp, lkp = -(-q_len // block) * block, -(-kv_len // block) * block
-  to_bhld = lambda x, n: _pad(x, 1, n).transpose(0, 2, 1, 3)
-  q_seg = jnp.ones((batch, q_len), jnp.int32)
-  kv_seg = jnp.ones((batch, kv_len), jnp.int32)
-  kv_ok = jnp.ones((batch, kv_len), bool)
-  if mask is not None:
-    if mask.has_segments:
+  lqp = -(-q_len // _SPLASH_LANES) * _SPLASH_LANES
+  lkp = -(-kv_len // _SPLASH_LANES) * _SPLASH_LANES
+  block_q, block_kv = _splash_block(lqp), _splash_block(lkp)
+  sizes = splash.BlockSizes(
+      block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
+      block_q_dkv=block_q, block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv,
+      block_q_dq=block_q, block_kv_dq=block_kv)
+  static = _splash_static_mask(mask, lqp, lkp)
+  if static is None:
+    return jnp.zeros_like(q)
+  kernel = splash.make_splash_mha_single_device(
+      splash.MultiHeadMask([static] * heads), block_sizes=sizes, interpret=interpret)
+
+  segments = mask is not None and mask.has_segments
+  kv_valid = None if mask is None else mask.kv_valid
+  seg_ids = None
+  if segments or kv_valid is not None or lqp != q_len or lkp != kv_len:
+    q_seg = jnp.ones((batch, q_len), jnp.int32)
+    kv_seg = jnp.ones((batch, kv_len), jnp.int32)
+    kv_ok = jnp.ones((batch, kv_len), bool)
+    if segments:
       q_seg = mask.q_segment_ids.astype(jnp.int32)
       kv_seg = mask.kv_segment_ids.astype(jnp.int32)
       kv_ok &= kv_seg != 0
-    if mask.kv_valid is not None:
-      kv_ok &= mask.kv_valid.astype(bool)
-  # Padding ids: -2 for queries of segment 0, -1 for invisible keys; never equal.
-  q_seg = _pad(jnp.where(q_seg == 0, -2, q_seg), 1, lqp, -2)
-  kv_seg = _pad(jnp.where(kv_ok, kv_seg, -1), 1, lkp, -1)
-  ab = None
-  if bias is not None:
-    ab = jnp.asarray(bias, jnp.float32)
-    ab = jnp.broadcast_to(ab.reshape((1,) * (4 - ab.ndim) + ab.shape),
-                          (batch, heads, q_len, kv_len))
-    ab = _pad(_pad(ab, 2, lqp), 3, lkp)
-  out = tpu_flash.flash_attention(
-      to_bhld(q, lqp), to_bhld(k, lkp), to_bhld(v, lkp), ab,
-      tpu_flash.SegmentIds(q=q_seg, kv=kv_seg),
-      causal=mask is not None and mask.causal, sm_scale=scale)
+    if kv_valid is not None:
+      kv_ok &= kv_valid.astype(bool)
+    q_seg = _pad(jnp.where(q_seg == 0, _NO_QUERY_SEGMENT, q_seg), 1, lqp, _NO_QUERY_SEGMENT)
+    kv_seg = _pad(jnp.where(kv_ok, kv_seg, _NO_KEY_SEGMENT), 1, lkp, _NO_KEY_SEGMENT)
+    seg_ids = splash.SegmentIds(q=q_seg, kv=kv_seg)
+
+  # The kernel does not scale q; it takes [heads, seq, head_dim] per example.
+  to_hld = lambda x, n: _pad(x, 1, n).transpose(0, 2, 1, 3)
+  qs = (q.astype(jnp.float32) * scale).astype(q.dtype)
+  args = (to_hld(qs, lqp), to_hld(k, lkp), to_hld(v, lkp))
+  if seg_ids is not None:
+    args += (seg_ids,)
+  if _is_tpu_interpret_params(interpret):
+    # JAX 0.12's TPU interpreter rejects a vmapped kernel (its grid gains the
+    # batch axis, its dimension_semantics do not), so loop over the batch.
+    out = jax.lax.map(lambda a: kernel(*a), args)
+  else:
+    out = jax.vmap(kernel)(*args)
   out = out.transpose(0, 2, 1, 3)[:, :q_len]
   return _zero_invisible_rows(out, mask, batch, q_len, kv_len)
 
@@ -158,13 +261,18 @@ def pallas_supports(q: jax.Array, k: jax.Array, mask: MaskSpec | None, bias) -> 
 
 def pallas_attention(q, k, v, *, mask: MaskSpec | None, bias, scale: float,
                      interpret: bool = False) -> jax.Array:
-  """Pallas flash attention for the current backend (see module docstring)."""
+  """Pallas flash attention for the current backend (see module docstring).
+
+  GPU: the Triton kernel; TPU: `splash_attention`. `interpret=True` runs the
+  GPU kernel in the Pallas interpreter on any backend (for the TPU kernel
+  call `splash_attention(..., interpret=True)`).
+  """
   backend = jax.default_backend()
   if interpret or backend == "gpu":
     return _gpu_mha(q, k, v, mask=mask, bias=bias, scale=scale, interpret=interpret)
   if backend == "tpu":
-    return _tpu_flash(q, k, v, mask=mask, bias=bias, scale=scale)
+    return splash_attention(q, k, v, mask=mask, bias=bias, scale=scale, interpret=False)
   raise RuntimeError(
       f"implementation='pallas' has kernels for gpu and tpu only; JAX's default backend is "
-      f"{backend!r}. Use 'blockwise' (or pallas_attention(..., interpret=True) for a slow "
-      "interpreted check).")
+      f"{backend!r}. Use 'blockwise' (or, for a slow interpreted check of the GPU / TPU "
+      "kernel, pallas_attention(..., interpret=True) / splash_attention(..., interpret=True)).")
