@@ -43,9 +43,9 @@ from recattn_jax.data.features import from_recbole_item  # noqa: E402
 from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset  # noqa: E402
 from recattn_jax.evaluation import metrics_from_ranks  # noqa: E402
 from recattn_jax.models import SASRec, init_encoder  # noqa: E402
-from recattn_jax.training.steps import (init_state, make_mesh, make_optimizer,  # noqa: E402
-                                        make_rank_step, make_train_step, next_item_loss,
-                                        shard_batch)
+from recattn_jax.parallel import make_mesh  # noqa: E402
+from recattn_jax.training.steps import (init_state, make_optimizer, make_rank_step,  # noqa: E402
+                                        make_train_step, next_item_loss, shard_batch)
 
 # Variant name -> (item representation, id dropout).
 VARIANTS = {"id": ("id", 0.0), "content": ("content", 0.0), "both": ("both", 0.0),
@@ -88,7 +88,7 @@ def run(variant: str, *, data, train, sets, features, args) -> dict:
   config.train.num_epochs = args.epochs
   config.train.batch_size = args.batch_size
   config.train.learning_rate = args.lr
-  mesh = make_mesh(1)
+  mesh = make_mesh(num_devices=1)
   model = SASRec(num_items=data.num_items, max_len=args.max_len, embed_dim=args.dim, num_layers=2,
                  num_heads=1, ff_dim=4 * args.dim, dropout_rate=args.dropout,
                  item_features=features, item_representation=representation,

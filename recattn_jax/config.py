@@ -107,7 +107,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.patience = 6             # evaluations without improvement before stopping
   c.train.early_stopping_metric = "NDCG@10"
   c.train.log_every_steps = 20
-  c.train.num_devices = 0          # 0: every local device
+  c.train.num_devices = 0          # 0: every device (of every host)
+  # Device mesh (parallel/mesh.py): "data" splits the batch, "model" the item table by rows; -1: the rest.
+  c.train.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+  c.train.grad_accum_steps = 1     # micro-batches per step: same update, 1/n of the activations
   c.train.progress_bar = True
   c.train.nan_policy = "raise"     # non-finite loss or gradient: "raise" (stop, naming the step) or "skip" the update
   c.train.keep_checkpoints = 2     # `latest` and `best` checkpoints kept, for falling back from a damaged one
@@ -258,6 +261,7 @@ RANGES: dict[str, Range] = {
     "train.patience": _COUNT,
     "train.log_every_steps": _COUNT,
     "train.num_devices": _NON_NEGATIVE_COUNT,
+    "train.grad_accum_steps": _COUNT,
     "train.keep_checkpoints": Range(2, integer=True),
     "eval.batch_size": _COUNT,
     "eval.item_chunk": _COUNT,

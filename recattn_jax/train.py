@@ -4,7 +4,13 @@
 `hstu_ml100k`) or a path to your own config file. Any config field can be overridden, e.g. `--config.train.num_epochs=50`.
 Rerunning with the same workdir resumes from its latest checkpoint; a workdir
 holding a run of another config or other data is refused unless `--force_resume`.
-SIGTERM or Ctrl-C saves the latest state and exits with 143 or 130.
+SIGTERM (a preemption notice) saves the latest state and exits with 0, Ctrl-C
+with 130; the same command resumes.
+
+Several hosts: start the same command on each with `--coordinator_address
+HOST:PORT --num_processes N --process_id I` (or $RECATTN_COORDINATOR_ADDRESS,
+$RECATTN_NUM_PROCESSES, $RECATTN_PROCESS_ID); on a multi-host Cloud TPU slice
+nothing is needed (docs/scaling.md).
 """
 
 import logging
@@ -16,6 +22,7 @@ from ml_collections import config_flags
 
 from recattn_jax import configs
 from recattn_jax.config import ConfigError
+from recattn_jax.parallel import initialize_distributed, is_primary
 from recattn_jax.training.checkpoint import CheckpointError
 from recattn_jax.training.loop import NonFiniteError, TrainingInterrupted, format_table, train_and_evaluate
 from recattn_jax.training.workdir import RunMismatchError, WorkdirLockedError
@@ -27,6 +34,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and result
                                "(default: runs/<config file name>).")
 _FORCE_RESUME = flags.DEFINE_bool("force_resume", False, "Resume a workdir whose run had another "
                                   "config or data; results.json records the differences.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, to train "
+                                   "on several processes (jax.distributed)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes taking part")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1")
 # Failures whose message says all there is to say: printed without a traceback.
 _REPORTED = (ConfigError, CheckpointError, NonFiniteError, RunMismatchError, WorkdirLockedError)
 
@@ -35,7 +46,9 @@ def main(argv):
   del argv
   # Orbax and friends log every checkpoint step at INFO; keep this library's INFO only.
   logging.getLogger("absl").setLevel(logging.WARNING)
-  logging.getLogger("recattn_jax").setLevel(logging.INFO)
+  initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  # One voice per run: the other processes report only warnings.
+  logging.getLogger("recattn_jax").setLevel(logging.INFO if is_primary() else logging.WARNING)
   workdir = _WORKDIR.value or str(pathlib.Path("runs") / pathlib.Path(flags.FLAGS["config"].config_filename).stem)
   logging.info("workdir: %s", workdir)
   try:
@@ -46,6 +59,8 @@ def main(argv):
   except _REPORTED as e:
     print(f"\nerror ({type(e).__name__}): {e}", file=sys.stderr)
     sys.exit(1)
+  if not is_primary():
+    return
   ranking = results["task"] == "ranking"
   print(f"\nBest validation at epoch {results['best_epoch']:.0f}; test metrics " + (
       f"({results['data'].get('test_users', '?')} users, full ranking):" if ranking

@@ -32,7 +32,8 @@ def test_shapes_mask_id_and_scores_with_bias():
   bias = model.apply(params, method="item_bias")
   assert table.shape == (NUM_ITEMS + 1, 16) and bias.shape == (NUM_ITEMS + 1,)
   bias = jnp.linspace(-1, 1, NUM_ITEMS + 1)
-  params = {"params": {**params["params"], "output_bias": bias}}
+  padded = jnp.pad(bias, (0, params["params"]["output_bias"].shape[0] - NUM_ITEMS - 1))
+  params = {"params": {**params["params"], "output_bias": padded}}
   logits = score_items(model, params, hidden)
   assert logits.shape == (2, 12, NUM_ITEMS + 1) and np.all(logits[..., 0] < -1e29)
   expected = np.asarray(hidden, np.float64) @ np.asarray(table, np.float64).T + np.asarray(bias)

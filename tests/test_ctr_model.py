@@ -12,7 +12,8 @@ from recattn_jax.config import get_default_config
 from recattn_jax.data.ctr import batches
 from recattn_jax.models import TargetAttentionModel, build_pointwise_model
 from recattn_jax.training import pointwise_task
-from recattn_jax.training.steps import init_state, make_mesh, make_train_step
+from recattn_jax.parallel import make_mesh
+from recattn_jax.training.steps import init_state, make_train_step
 from tests.helpers import preference_frame
 
 
@@ -99,7 +100,7 @@ def test_errors():
 
 def train(model, task, data, *, steps, batch_size=64, lr=1e-2, mesh=None, seed=0):
   """Shuffled epochs of full batches through the library's one train step."""
-  mesh = mesh or make_mesh(1)
+  mesh = mesh or make_mesh(num_devices=1)
   optimizer = optax.adamw(lr, weight_decay=1e-4)
   arrays = data.train.arrays()
   example = {k: v[:batch_size] for k, v in arrays.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +16,9 @@ from recattn_jax.data.features import ItemFeatures
 from recattn_jax.data.pipeline import eval_batches, train_dataset
 from recattn_jax.evaluation import metrics_from_ranks
 from recattn_jax.models import SASRec, init_encoder
-from recattn_jax.models.item_encoder import ItemEncoder
-from recattn_jax.training.steps import (init_state, make_mesh, make_optimizer, make_rank_step,
+from recattn_jax.models.item_encoder import TABLE_ROW_MULTIPLE, ItemEncoder, table_rows
+from recattn_jax.parallel import make_mesh
+from recattn_jax.training.steps import (init_state, make_optimizer, make_rank_step,
                                         make_train_step, next_item_loss, shard_batch)
 
 N = 12
@@ -54,10 +56,21 @@ def table(encoder, params):
 def test_id_representation_is_the_plain_table():
   encoder = ItemEncoder(N, D)
   params = init(encoder)
-  assert jax.tree.map(jnp.shape, params) == {"params": {"embedding": (N + 1, D)}}
+  # Rows padded to whole shards; the table is the first N + 1, and the rest is never read.
+  assert jax.tree.map(jnp.shape, params) == {"params": {"embedding": (table_rows(N), D)}}
+  assert table_rows(N) % TABLE_ROW_MULTIPLE == 0 and table_rows(N) > N
   ids = jnp.array([[1, 2, 0], [N, 3, 3]])
   np.testing.assert_array_equal(encoder.apply(params, ids), params["params"]["embedding"][ids])
-  np.testing.assert_array_equal(table(encoder, params), params["params"]["embedding"])
+  np.testing.assert_array_equal(table(encoder, params), params["params"]["embedding"][:N + 1])
+  padded = jax.jit(lambda p: encoder.apply(p, method="table", padded=True))(params)
+  np.testing.assert_array_equal(padded, params["params"]["embedding"])
+
+
+def test_padding_rows_leave_the_real_rows_initialised_as_an_unpadded_table():
+  # Why padding changed no result: the initializer draws rows 0..N alike for both shapes.
+  key = jax.random.PRNGKey(7)
+  init_rows = lambda rows: nn.initializers.normal(0.02)(key, (rows, D))
+  np.testing.assert_array_equal(init_rows(table_rows(N))[:N + 1], init_rows(N + 1))
 
 
 @pytest.mark.parametrize("representation", ["content", "both"])
@@ -120,7 +133,7 @@ def test_both_uses_content_alone_for_untrained_items():
   np.testing.assert_allclose(both[9:], content[9:], atol=1e-6)
   # Untrained items' id rows get no gradient at all.
   grads = jax.jit(jax.grad(lambda p: jnp.sum(encoder.apply(p, method="table") ** 2)))(params)
-  assert np.all(np.asarray(grads["params"]["embedding"][9:]) == 0)
+  assert np.all(np.asarray(grads["params"]["embedding"][9:]) == 0)  # incl. the padding rows
   assert np.any(np.asarray(grads["params"]["embedding"][1:9]) != 0)
 
 
@@ -170,7 +183,7 @@ def test_sasrec_with_content_items_is_hashable_and_jits():
   hash(model)  # Flax needs this; ItemFeatures hashes by identity
   items = jnp.array([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]])
   params = jax.jit(model.init)(jax.random.key(0), items)
-  assert params["params"]["item_embed"]["embedding"].shape == (N + 1, D)
+  assert params["params"]["item_embed"]["embedding"].shape == (table_rows(N), D)
   hidden = jax.jit(lambda p, x: model.apply(p, x))(params, items)
   assert hidden.shape == (2, 6, D) and np.all(np.isfinite(hidden))
   with pytest.raises(ValueError, match="item_representation=.text. is not a known item encoder"):
@@ -212,7 +225,7 @@ def train_and_rank(representation, num_items, train, histories, targets, feature
   config = get_default_config()
   config.train.learning_rate = 1e-2
   config.train.weight_decay = 0.0
-  mesh = make_mesh(1)
+  mesh = make_mesh(num_devices=1)
   model = SASRec(num_items=num_items, max_len=8, embed_dim=16, num_layers=1, num_heads=1,
                  ff_dim=32, dropout_rate=0.1, attention_impl="xla", item_features=features,
                  item_representation=representation)

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from recattn_jax.parallel import make_mesh
 from recattn_jax.training import checkpoint, loop, steps, tasks
 from recattn_jax.training.metric_writer import read_metrics
 from tests.helpers import tiny_config
@@ -100,7 +101,7 @@ def test_skip_policy_skips_and_counts_non_finite_steps(data_file, tmp_path, monk
 
 def test_nan_model_ranks_every_target_last(data_file):
   config = tiny_config(data_file)
-  job = tasks.build_job(config, steps.make_mesh(1))
+  job = tasks.build_job(config, make_mesh(num_devices=1))
   nan_params = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), job.state.params)
   for protocol, metrics in job.evaluate(nan_params, "test").items():
     assert metrics["HR@1"] == 0.0 and metrics["HR@10"] == 0.0, protocol

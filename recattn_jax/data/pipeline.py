@@ -158,7 +158,7 @@ def train_dataset(sequences: Sequence[np.ndarray], *, max_len: int, batch_size: 
                   mask_prob: float = 0.2, mask_id: int | None = None,
                   last_item_prob: float = 0.0,
                   timestamps: Sequence[np.ndarray] | None = None,
-                  users: Sequence[int] | None = None,
+                  users: Sequence[int] | None = None, rows: slice | None = None,
                   ) -> grain.MapDataset | grain.IterDataset:
   """An endless stream of shuffled batches; each pass over the data is a fresh permutation.
 
@@ -174,6 +174,13 @@ def train_dataset(sequences: Sequence[np.ndarray], *, max_len: int, batch_size: 
   int32 either way, plus "segment_ids" when packed and "timestamps" [B, L]
   float32 when `timestamps` (per sequence, aligned with `sequences`) is given,
   and "users" [B, L] int32 (user index + 1) when `users` is.
+
+  `rows` (several processes): the rows of each global batch of `batch_size`
+  that this process feeds (`parallel.process_rows`); every process runs the
+  same pipeline, so together they make the batches one process would. Unpacked,
+  a process builds only its own examples (Grain reads the stream with a
+  stride); packing must place every example, so each process packs the whole
+  stream and keeps its rows.
   """
   if padding not in PADDING_SIDES:
     raise ValueError(f"data.padding must be one of {PADDING_SIDES}, got {padding!r}")
@@ -185,14 +192,35 @@ def train_dataset(sequences: Sequence[np.ndarray], *, max_len: int, batch_size: 
           + (("users",) if users is not None else ()))
   if pack:
     batches = _pack(examples, max_len, seed, keys).batch(batch_size, drop_remainder=True)
+    if rows is not None and (rows.start, rows.stop) != (0, batch_size):
+      batches = batches.map(functools.partial(_take_rows, rows=rows))
   else:
-    batches = examples.map(lambda ex: _padded(ex, max_len, padding)).batch(
-        batch_size, drop_remainder=True)
+    batches = process_share(examples.map(lambda ex: _padded(ex, max_len, padding)), batch_size, rows)
   if prefetch:
     batches = grain.experimental.ThreadPrefetchIterDataset(
         batches.to_iter_dataset() if isinstance(batches, grain.MapDataset) else batches,
         prefetch_buffer_size=prefetch)
   return batches
+
+
+def _take_rows(batch: dict, rows: slice) -> dict:
+  return {key: value[rows] for key, value in batch.items()}
+
+
+def process_share(examples: grain.MapDataset, batch_size: int, rows: slice | None) -> grain.MapDataset:
+  """Batches of `batch_size` consecutive examples, or of this process's `rows` of each.
+
+  A process's rows [a, b) of global batch j are examples j * batch_size + a ..
+  + b: batches of b - a examples, taking every (batch_size / (b - a))-th one
+  from the (a / (b - a))-th on. Grain slices lazily, so other rows are never built.
+  """
+  rows = slice(0, batch_size) if rows is None else rows
+  width = rows.stop - rows.start
+  if width <= 0 or batch_size % width or rows.start % width:
+    raise ValueError(f"rows {rows.start}:{rows.stop} are not one of equal blocks of a batch of "
+                     f"{batch_size}")
+  batches = examples.batch(width, drop_remainder=True)
+  return batches if width == batch_size else batches[rows.start // width::batch_size // width]
 
 
 def rows_per_pass(sequences: Sequence[np.ndarray], *, max_len: int, seed: int, pack: bool,

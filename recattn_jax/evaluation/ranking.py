@@ -53,24 +53,40 @@ def target_ranks(user_repr: jax.Array, item_table: jax.Array, targets: jax.Array
   Returns:
     [B] int32 ranks; 0 means the target scored highest.
   """
+  user_repr = user_repr.astype(jnp.float32)
+  target_scores = jnp.einsum("bd,bd->b", user_repr, item_table[targets].astype(jnp.float32))
+  return count_ahead(user_repr, item_table, targets, target_scores, exclude,
+                     item_chunk=item_chunk, ties=ties)
+
+
+def count_ahead(user_repr: jax.Array, item_rows: jax.Array, targets: jax.Array,
+                target_scores: jax.Array, exclude: jax.Array | None, *, item_chunk: int,
+                ties: str, first_id: jax.Array | int = 0,
+                num_rows: int | None = None) -> jax.Array:
+  """[B] how many of the items `first_id + j` (rows j of `item_rows`) rank ahead of each target.
+
+  A slice of the catalogue at a time (`first_id`: the id of its first row;
+  `num_rows`: N + 1, the ids past it are padding), so that the counts of the
+  shards of a table split by rows add up to `target_ranks`.
+  """
   if ties not in TIE_MODES:
     raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
   user_repr = user_repr.astype(jnp.float32)
-  item_table = item_table.astype(jnp.float32)
-  num_rows = item_table.shape[0]
-  target_scores = jnp.einsum("bd,bd->b", user_repr, item_table[targets])
+  item_rows = item_rows.astype(jnp.float32)
+  rows = item_rows.shape[0]
+  num_rows = first_id + rows if num_rows is None else num_rows
   target_broken = ~jnp.isfinite(target_scores)
-  num_chunks = -(-num_rows // item_chunk)
-  padded = jnp.pad(item_table, ((0, num_chunks * item_chunk - num_rows), (0, 0)))
+  num_chunks = -(-rows // item_chunk)
+  padded = jnp.pad(item_rows, ((0, num_chunks * item_chunk - rows), (0, 0)))
   chunks = padded.reshape(num_chunks, item_chunk, -1)
   batch = user_repr.shape[0]
 
-  def count_ahead(carry, chunk_and_start):
+  def count_chunk(carry, chunk_and_start):
     chunk, start = chunk_and_start
     ids = start + jnp.arange(item_chunk)
     scores = user_repr @ chunk.T
     scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
-    competes = (ids > 0) & (ids < num_rows)
+    competes = (ids > 0) & (ids < num_rows) & (ids < first_id + rows)
     competes = jnp.broadcast_to(competes, scores.shape) & (ids[None, :] != targets[:, None])
     if exclude is not None:
       competes &= ~seen_in_chunk(exclude, start, item_chunk)
@@ -81,8 +97,8 @@ def target_ranks(user_repr: jax.Array, item_table: jax.Array, targets: jax.Array
     ahead |= target_broken[:, None]
     return carry + jnp.sum(ahead & competes, axis=1, dtype=jnp.int32), None
 
-  starts = jnp.arange(num_chunks) * item_chunk
-  ranks, _ = jax.lax.scan(count_ahead, jnp.zeros((batch,), jnp.int32), (chunks, starts))
+  starts = first_id + jnp.arange(num_chunks) * item_chunk
+  ranks, _ = jax.lax.scan(count_chunk, jnp.zeros((batch,), jnp.int32), (chunks, starts))
   return ranks
 
 

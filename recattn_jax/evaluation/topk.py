@@ -26,7 +26,8 @@ from recattn_jax.models.scoring import scoring_inputs, user_vectors
 @functools.partial(jax.jit, static_argnames=("k", "item_chunk", "num_rows"))
 def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
                 exclude: jax.Array | None = None, *,
-                item_chunk: int = 4096, num_rows: int | None = None) -> tuple[jax.Array, jax.Array]:
+                item_chunk: int = 4096, num_rows: int | None = None,
+                first_id: jax.Array | int = 0) -> tuple[jax.Array, jax.Array]:
   """The K best items for each user, scored by `user_repr @ item_table.T`.
 
   Args:
@@ -38,11 +39,13 @@ def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
     num_rows: the table's rows that are items (N + 1; default all of them). A
       caller scoring many batches pads the table to a multiple of `item_chunk`
       once (`pad_table`) and passes N + 1, so no call copies the table.
+    first_id: the item id of the table's first row, for a shard of a table
+      split by rows (`sharded.top_k_items`; `num_rows` still counts from id 0).
   Returns:
     (scores [B, K] float32, ids [B, K] int32), best first.
   """
   user_repr = user_repr.astype(jnp.float32)
-  num_rows = item_table.shape[0] if num_rows is None else num_rows
+  num_rows = first_id + item_table.shape[0] if num_rows is None else num_rows
   batch = user_repr.shape[0]
   num_chunks = -(-item_table.shape[0] // item_chunk)
   padded = item_table
@@ -55,7 +58,8 @@ def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
     chunk, start = chunk_and_start
     ids = start + jnp.arange(item_chunk, dtype=jnp.int32)
     scores = user_repr @ chunk.astype(jnp.float32).T  # a bf16 table is read as bf16
-    eligible = ((ids > 0) & (ids < num_rows)) & jnp.isfinite(scores)
+    eligible = ((ids > 0) & (ids < num_rows) & (ids < first_id + item_table.shape[0])
+                & jnp.isfinite(scores))
     if exclude is not None:
       eligible &= ~seen_in_chunk(exclude, start, item_chunk)
     scores = jnp.where(eligible, scores, -jnp.inf)
@@ -68,7 +72,7 @@ def top_k_items(user_repr: jax.Array, item_table: jax.Array, k: int,
     return (best_scores, jnp.take_along_axis(all_ids, index, axis=1)), None
 
   init = (jnp.full((batch, k), -jnp.inf, jnp.float32), jnp.zeros((batch, k), jnp.int32))
-  starts = jnp.arange(num_chunks, dtype=jnp.int32) * item_chunk
+  starts = first_id + jnp.arange(num_chunks, dtype=jnp.int32) * item_chunk
   (scores, ids), _ = jax.lax.scan(merge, init, (chunks, starts))
   # Filler (ineligible or initial) entries: never a real recommendation.
   return scores, jnp.where(jnp.isneginf(scores), 0, ids)

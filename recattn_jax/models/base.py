@@ -28,7 +28,7 @@ from recattn_jax.attention import AttentionFn, MaskSpec, attention_fn
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.data.social import UserProfiles
 from recattn_jax.models.dropout import Dropout
-from recattn_jax.models.item_encoder import ITEM_ENCODERS
+from recattn_jax.models.item_encoder import ITEM_ENCODERS, table_rows
 from recattn_jax.models.registry import ENCODERS
 from recattn_jax.models.transformer import head_dim
 from recattn_jax.models.user_context import UserContext, check_users
@@ -229,13 +229,15 @@ class SequenceEncoder(nn.Module):
     x = self.input_dropout(self.normalize_embeddings(x), deterministic=deterministic)
     return (x * layout.valid[..., None]).astype(self.compute_dtype)
 
-  def item_embeddings(self, deterministic: bool = True) -> jax.Array:
+  def item_embeddings(self, deterministic: bool = True, padded: bool = False) -> jax.Array:
     """[num_items + 1, D]; row 0 is padding and is never a valid prediction.
 
     With `deterministic=False` the item encoder's id dropout (if any) applies.
+    `padded`: all `table_rows(num_items)` rows, for a table split over devices
+    (the rows past num_items must then be masked by the caller).
     """
-    return self.item_embed.table(deterministic=deterministic)
+    return self.item_embed.table(deterministic=deterministic, padded=padded)
 
-  def item_bias(self) -> jax.Array:
-    """[num_items + 1] float32 output bias added to every score (zeros without one)."""
-    return jnp.zeros((self.num_items + 1,), jnp.float32)
+  def item_bias(self, padded: bool = False) -> jax.Array:
+    """[num_items + 1] (`padded`: [table_rows]) float32 output bias added to every score (zeros without one)."""
+    return jnp.zeros((table_rows(self.num_items) if padded else self.num_items + 1,), jnp.float32)

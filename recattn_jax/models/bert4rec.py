@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from recattn_jax.models.base import SequenceEncoder
+from recattn_jax.models.item_encoder import table_rows
 from recattn_jax.models.registry import ENCODERS
 from recattn_jax.models.transformer import TransformerBlock
 
@@ -63,7 +64,7 @@ class BERT4Rec(SequenceEncoder):
     self.output_dense = nn.Dense(self.embed_dim, dtype=self.compute_dtype)
     self.output_norm = nn.LayerNorm(dtype=self.compute_dtype)
     if self.output_bias:
-      self.bias = self.param("output_bias", nn.initializers.zeros, (self.num_items + 1,))
+      self.bias = self.param("output_bias", nn.initializers.zeros, (table_rows(self.num_items),))
 
   def token_vectors(self, items: jax.Array) -> jax.Array:
     is_mask = items == self.mask_id
@@ -81,8 +82,8 @@ class BERT4Rec(SequenceEncoder):
     x = self.final_norm(x)
     return self.output_norm(nn.gelu(self.output_dense(x)))
 
-  def item_bias(self) -> jax.Array:
-    """[num_items + 1] float32 output bias (zeros when `output_bias` is off)."""
+  def item_bias(self, padded: bool = False) -> jax.Array:
+    """[num_items + 1] (`padded`: [table_rows]) float32 output bias (zeros when `output_bias` is off)."""
     if self.output_bias:
-      return self.bias
-    return super().item_bias()
+      return self.bias if padded else self.bias[:self.num_items + 1]
+    return super().item_bias(padded)

@@ -26,6 +26,15 @@ from recattn_jax.models.registry import ITEM_ENCODERS
 from recattn_jax.models.transformer import head_dim
 
 REPRESENTATIONS = ("id", "content", "both")
+# Per-item parameters hold a multiple of this many rows (the rest are never read),
+# so that any mesh whose "model" axis divides it can shard them by rows, and a
+# checkpoint restores onto any such mesh (`parallel.rules`).
+TABLE_ROW_MULTIPLE = 128
+
+
+def table_rows(num_items: int) -> int:
+  """Rows of a per-item parameter for items 0..num_items: num_items + 1, rounded up."""
+  return -(-(num_items + 1) // TABLE_ROW_MULTIPLE) * TABLE_ROW_MULTIPLE
 
 
 class ContentEncoder(nn.Module):
@@ -162,17 +171,24 @@ class ItemEncoder(nn.Module):
       self.content = ContentEncoder(self.item_features, self.features, self.content_heads,
                                     self.attention_fn, name="content")
     if self.representation != "content":
+      # Rows past num_items are padding for sharding; initialising them draws the
+      # same values for rows 0..num_items as an unpadded table would.
       self.embedding = self.param("embedding", nn.initializers.normal(stddev=0.02),
-                                  (self.num_items + 1, self.features))
+                                  (table_rows(self.num_items), self.features))
+
+  def _id_rows(self, rows: jax.Array | None) -> jax.Array:
+    if rows is None:
+      return self.embedding[:self.num_items + 1]
+    return jnp.take(self.embedding, rows, axis=0)
 
   def _rows(self, rows: jax.Array | None, deterministic: bool) -> jax.Array:
     """Vectors of item `rows` [n] (None: all), computed for those rows only."""
     if self.representation == "id":
-      return self.embedding if rows is None else jnp.take(self.embedding, rows, axis=0)
+      return self._id_rows(rows)
     content = self.content(rows)
     if self.representation == "content":
       return content
-    ids = self.embedding if rows is None else jnp.take(self.embedding, rows, axis=0)
+    ids = self._id_rows(rows)
     keep = self.item_features.trained
     keep = jnp.ones(self.num_items + 1, bool) if keep is None else jnp.asarray(keep)
     if self.id_dropout and not deterministic:
@@ -189,8 +205,18 @@ class ItemEncoder(nn.Module):
       return jnp.take(self.table(deterministic=deterministic), ids, axis=0)
     return self._rows(ids.reshape(-1), deterministic).reshape(*ids.shape, self.features)
 
-  def table(self, *, deterministic: bool = True) -> jax.Array:
-    return self._rows(None, deterministic)
+  def table(self, *, deterministic: bool = True, padded: bool = False) -> jax.Array:
+    """[N + 1, D], or with `padded` [table_rows(N), D] (zero or unused rows past N).
+
+    A table split by rows over devices is used `padded`: cutting it to N + 1
+    rows would leave the shards uneven, and XLA would gather it.
+    """
+    if padded and self.representation == "id":
+      return self.embedding
+    table = self._rows(None, deterministic)
+    if padded:
+      table = jnp.pad(table, ((0, table_rows(self.num_items) - table.shape[0]), (0, 0)))
+    return table
 
 
 for _representation in REPRESENTATIONS:

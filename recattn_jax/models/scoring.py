@@ -73,14 +73,17 @@ def fold_item_bias(hidden: jax.Array, table: jax.Array,
           jnp.concatenate([table, bias[:, None].astype(table.dtype)], axis=-1))
 
 
-def scoring_inputs(model: Encoder, params, hidden: jax.Array, **kwargs) -> tuple[jax.Array, jax.Array]:
+def scoring_inputs(model: Encoder, params, hidden: jax.Array, *, padded: bool = False,
+                   **kwargs) -> tuple[jax.Array, jax.Array]:
   """(hidden, table) whose dot products are the model's item scores (an output bias folded in).
 
-  `kwargs` (deterministic=False, rngs=...) reach `item_embeddings`, for item id dropout.
+  `padded`: the table with all its `table_rows` rows (split over devices; rows
+  past num_items must be masked). `kwargs` (deterministic=False, rngs=...)
+  reach `item_embeddings`, for item id dropout.
   """
-  table = model.apply(params, method="item_embeddings", **kwargs)
+  table = model.apply(params, method="item_embeddings", padded=padded, **kwargs)
   if model.has_item_bias:
-    return fold_item_bias(hidden, table, model.apply(params, method="item_bias"))
+    return fold_item_bias(hidden, table, model.apply(params, method="item_bias", padded=padded))
   return hidden, table
 
 

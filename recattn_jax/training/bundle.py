@@ -36,10 +36,14 @@ import numpy as np
 
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.data.social import UserProfiles
+from recattn_jax.models.item_encoder import table_rows
 from recattn_jax.training.checkpoint import sha256_file
 
 FORMAT = "recattn_jax.bundle"
-FORMAT_VERSION = 1
+# 2: per-item parameters padded to whole shards (models.item_encoder.table_rows).
+# Version 1 bundles are read and migrated (`_migrate_v1`).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "bundle.json"
 _FILES = ("params.msgpack", "vocab.json", "arrays.npz")
 
@@ -197,9 +201,9 @@ def read_manifest(path: str | pathlib.Path) -> dict:
   if manifest.get("format") != FORMAT:
     raise BundleError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
   version = manifest.get("format_version")
-  if version != FORMAT_VERSION:
+  if version not in READABLE_VERSIONS:
     raise BundleError(f"{manifest_path}: bundle format version {version} but this recattn_jax "
-                      f"reads version {FORMAT_VERSION}; export the run again with this version "
+                      f"reads versions {list(READABLE_VERSIONS)}; export the run again with this version "
                       "(`python -m recattn_jax.export --workdir W --out B`) or use the library "
                       "version that wrote it")
   for name, expected in manifest.get("files", {}).items():
@@ -219,6 +223,20 @@ def read_manifest(path: str | pathlib.Path) -> dict:
   return manifest
 
 
+def _migrate_v1(params: Any, num_items: int) -> Any:
+  """Pads version 1's per-item parameters (num_items + 1 rows) with zero rows to `table_rows`."""
+  rows = table_rows(num_items)
+
+  def pad(path, value):
+    names = [getattr(key, "key", None) for key in path]
+    per_item = names[-2:] == ["item_embed", "embedding"] or names[-1:] == ["output_bias"]
+    if per_item and np.shape(value)[0] == num_items + 1:
+      return np.pad(value, [(0, rows - num_items - 1)] + [(0, 0)] * (np.ndim(value) - 1))
+    return value
+
+  return jax.tree_util.tree_map_with_path(pad, params)
+
+
 def read_bundle(path: str | pathlib.Path) -> Bundle:
   """The verified bundle at `path` (`BundleError` naming the file at fault otherwise)."""
   path = pathlib.Path(path)
@@ -230,6 +248,8 @@ def read_bundle(path: str | pathlib.Path) -> Bundle:
   except Exception as e:  # checksums matched, so the writer was at fault: still name the file
     raise BundleError(f"{path}: a bundle file could not be read ({type(e).__name__}: {e})") from e
   item_ids = np.asarray(vocab["items"], dtype=object)
+  if manifest["format_version"] == 1:
+    params = _migrate_v1(params, num_items=len(item_ids) - 1)
   profiles = None
   if "user_profiles" in manifest:
     profiles = UserProfiles(arrays["profiles/items"], arrays["profiles/weights"],

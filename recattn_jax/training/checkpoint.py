@@ -14,6 +14,16 @@ moved to `checkpoints/damaged/` and the previous one is used, with a warning.
 The best checkpoint is the one of the exact step the progress names: when that
 one is damaged, `CheckpointError` says what to do instead of scoring another
 model.
+
+The record also holds `FORMAT_VERSION`, the layout of what is saved. A
+checkpoint of another version is refused (`CheckpointFormatError`, not moved
+aside: it is intact, only not readable by this version). Arrays are restored
+into the shardings of the state they replace, so a run saved on one mesh
+resumes on another; the data iterator's position is saved per process, so a
+resume needs the same number of processes.
+
+On several processes, every process writes its part (Orbax); process 0 writes
+the checksum record once all have finished, and moves damaged checkpoints.
 """
 
 from __future__ import annotations
@@ -31,13 +41,22 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from recattn_jax.parallel import is_primary, sync
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "SHA256SUMS.json"
+# 1: item tables of num_items + 1 rows. 2: rows padded to a multiple of
+# models.item_encoder.TABLE_ROW_MULTIPLE, so that they shard over any "model" axis.
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
   """No intact checkpoint can be restored; the message says what is damaged and what to do."""
+
+
+class CheckpointFormatError(CheckpointError):
+  """An intact checkpoint this version cannot read (another format version or process count)."""
 
 
 @dataclasses.dataclass
@@ -70,7 +89,7 @@ def write_manifest(directory: pathlib.Path) -> None:
             for name, path in _files(directory).items()}
   tmp = directory / (MANIFEST + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump({"files": record}, f, indent=1, sort_keys=True)
+    json.dump({"format_version": FORMAT_VERSION, "files": record}, f, indent=1, sort_keys=True)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, directory / MANIFEST)
@@ -82,9 +101,17 @@ def verify(directory: pathlib.Path) -> str | None:
   if not manifest.is_file():
     return f"{manifest} is missing (the save did not complete, or another program wrote it)"
   try:
-    expected = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    record = json.loads(manifest.read_text(encoding="utf-8"))
+    expected = record["files"]
   except (ValueError, KeyError, TypeError) as e:
     return f"{manifest} is unreadable ({e})"
+  version = record.get("format_version", 1)
+  if version != FORMAT_VERSION:
+    raise CheckpointFormatError(
+        f"{directory} was written in checkpoint format {version}, and this recattn_jax reads "
+        f"format {FORMAT_VERSION} (" + ("item tables are now padded to whole shards"
+                                        if version == 1 else "a newer layout") +
+        "). Resume it with the recattn_jax version that wrote it, or train again in a new --workdir.")
   present = _files(directory)
   missing = sorted(set(expected) - set(present))
   if missing:
@@ -126,11 +153,16 @@ class _Managed:
     self._unsealed.append(step)
 
   def seal(self):
-    """Waits for pending saves and records their checksums."""
+    """Waits for pending saves (of every process) and records their checksums."""
     self.manager.wait_until_finished()
-    for step in self._unsealed:
-      if self.step_dir(step).is_dir():  # not already removed by max_to_keep
-        write_manifest(self.step_dir(step))
+    if not self._unsealed:
+      return
+    sync(f"{self.name}-saved-{self._unsealed[-1]}")
+    if is_primary():
+      for step in self._unsealed:
+        if self.step_dir(step).is_dir():  # not already removed by max_to_keep
+          write_manifest(self.step_dir(step))
+    sync(f"{self.name}-sealed-{self._unsealed[-1]}")
     self._unsealed = []
 
   def delete(self, step: int):
@@ -147,12 +179,21 @@ class _Managed:
       suffix += 1
     log.warning("%s checkpoint %s is damaged: %s; moved to %s", self.name, self.step_dir(step),
                 reason, target)
-    shutil.move(str(self.step_dir(step)), target)
+    if is_primary():  # every process saw the same damage; one moves it
+      shutil.move(str(self.step_dir(step)), target)
+    sync(f"{self.name}-quarantined-{step}")
     self.manager.reload()
 
   def restore(self, step: int, args: ocp.args.Composite):
     """Verified restore of `step`; raises CheckpointError with the reason when damaged."""
     problem = verify(self.step_dir(step))
+    data_iter = self.step_dir(step) / "data_iter"
+    mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if problem is None and data_iter.is_dir() and not (data_iter / mine).exists():
+      saved = sorted(p.name for p in data_iter.iterdir())
+      raise CheckpointFormatError(
+          f"{self.step_dir(step)} holds the input position of other processes ({saved}); "
+          f"resume with the number of processes that saved it, not {jax.process_count()}")
     if problem is None:
       try:
         return self.manager.restore(step, args=args)
@@ -206,6 +247,8 @@ class Checkpoints:
         progress = Progress(**restored.progress)
         if progress.best_step >= 0:
           self._check_best(progress.best_step)
+      except CheckpointFormatError:
+        raise
       except CheckpointError as e:
         problems.append(f"step {step}: {e}")
         self.latest.quarantine(step, str(e))
@@ -238,6 +281,8 @@ class Checkpoints:
     try:
       return self.best.restore(step, ocp.args.Composite(
           params=ocp.args.StandardRestore(_abstract(params_like)))).params
+    except CheckpointFormatError:
+      raise
     except CheckpointError as e:
       raise CheckpointError(f"the best checkpoint {self.best.step_dir(step)} is damaged: {e}; "
                             + _BEST_RECOVERY) from None

@@ -5,8 +5,13 @@ evaluation) comes from `tasks.build_job`. What it guarantees (docs/reliability.m
 the config is checked before any work; one process at a time trains in a
 workdir, and only the run the workdir holds is resumed; a non-finite loss or
 gradient stops training (or, with `train.nan_policy="skip"`, is skipped and
-counted); SIGTERM and SIGINT save the latest state and stop; checkpoints are
-verified on restore.
+counted); SIGTERM (a preemption notice) and SIGINT save the latest state and
+stop; checkpoints are verified on restore.
+
+On several processes (`parallel.initialize_distributed`) every process runs
+this same function on its share of each batch; process 0 alone holds the
+workdir lock and writes metrics, results and the bundle, while checkpoints are
+written by all (Orbax) and sealed by process 0.
 """
 
 from __future__ import annotations
@@ -25,10 +30,10 @@ import ml_collections
 from tqdm import tqdm
 
 from recattn_jax.config import check_config
+from recattn_jax.parallel import DATA_AXIS, global_batch, is_primary, make_mesh
 from recattn_jax.training.bundle import write_bundle
 from recattn_jax.training.checkpoint import Checkpoints, Progress
 from recattn_jax.training.metric_writer import MetricWriter
-from recattn_jax.training.steps import make_mesh, shard_batch
 from recattn_jax.training.tasks import PROTOCOLS, Job, build_job, higher_is_better
 from recattn_jax.training.workdir import RunIdentity, RunMismatchError, WorkdirLock, source_files
 
@@ -45,7 +50,9 @@ class TrainingInterrupted(Exception):
 
   def __init__(self, signum: int, step: int, workdir: pathlib.Path):
     self.signal_name = signal.Signals(signum).name
-    self.exit_code = 128 + signum  # what a shell reports for a process ended by the signal
+    # SIGTERM is how schedulers (Kubernetes, Slurm, Cloud TPU) announce a preemption: the state
+    # is saved, so the job ends cleanly and its relaunch resumes. Ctrl-C reports as a shell would.
+    self.exit_code = 0 if signum == signal.SIGTERM else 128 + signum
     self.step = step
     super().__init__(f"{self.signal_name}: saved the state of step {step} in {workdir}; "
                      "run the same command again to resume")
@@ -90,23 +97,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     RunMismatchError: `workdir` holds another run.
     CheckpointError: no intact checkpoint to resume from, or the best one is damaged.
     NonFiniteError: the loss or gradient became non-finite (`train.nan_policy="raise"`).
-    TrainingInterrupted: SIGTERM/SIGINT; the state was saved (`exit_code` 143/130).
+    TrainingInterrupted: SIGTERM/SIGINT; the state was saved (`exit_code` 0/130).
   """
   check_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # One lock per run: on several hosts the first process speaks for all.
-  lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  lock = WorkdirLock(workdir) if is_primary() else contextlib.nullcontext()
   with lock:
     return _run(config, workdir, force_resume=force_resume)
 
 
 def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resume: bool) -> dict:
-  mesh = make_mesh(config.train.num_devices)
-  for field in ("train.batch_size", "eval.batch_size"):
-    section, key = field.split(".")
-    if config[section][key] % mesh.size:
-      raise ValueError(f"{field}={config[section][key]} must be divisible by the {mesh.size} devices")
+  mesh = make_mesh(config.train.mesh, config.train.num_devices)
+  check_batch_sizes(config, mesh.shape[DATA_AXIS])
 
   job = build_job(config, mesh)
   log.info("data: %s", json.dumps(job.stats, default=str))
@@ -118,16 +122,17 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resu
     identity = RunIdentity(config, data_files=source_files(job.data_files),
                            data_digest=job.data_digest, data_stats=job.stats)
     forced_changes = identity.check(workdir, has_run=has_run, force_resume=force_resume,
-                                    step=checkpoints.latest_step() or 0)
+                                    step=checkpoints.latest_step() or 0, record=is_primary())
     progress = Progress()
     state = job.state
     restored = checkpoints.restore_latest(state, job.data_iter)
     if restored is not None:
       state, progress = restored
       log.info("resuming from step %d (finished=%s)", int(state.step), progress.finished)
-    _write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+    if is_primary():
+      _write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 
-    writer = MetricWriter(workdir, resume_step=int(state.step))
+    writer = MetricWriter(workdir, resume_step=int(state.step), enabled=is_primary())
     with _StopOnSignal() as stop:
       state = _train(state, progress, config=config, job=job, mesh=mesh, checkpoints=checkpoints,
                      writer=writer, stop=stop, workdir=workdir)
@@ -143,10 +148,24 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resu
     if writer is not None:
       writer.close()
     checkpoints.close()
-  _write_json(workdir / "results.json", results)
-  write_bundle(workdir / BUNDLE_DIR, config=config, params=best_params, data=job.bundle_data,
-               run=run_summary(results, workdir))
+  if is_primary():
+    _write_json(workdir / "results.json", results)
+    write_bundle(workdir / BUNDLE_DIR, config=config, params=best_params, data=job.bundle_data,
+                 run=run_summary(results, workdir))
   return results
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int) -> None:
+  """Batches (and micro-batches) must split evenly over the mesh's data-parallel groups."""
+  accum = config.train.grad_accum_steps
+  if config.train.batch_size % accum:
+    raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by "
+                     f"train.grad_accum_steps={accum}")
+  for field, rows in (("train.batch_size / train.grad_accum_steps", config.train.batch_size // accum),
+                      ("eval.batch_size", config.eval.batch_size)):
+    if rows % data_parallel:
+      raise ValueError(f"{field}={rows} must be divisible by the {data_parallel} data-parallel "
+                       f"groups of train.mesh (the mesh's 'data' axis)")
 
 
 def run_summary(results: dict, workdir: pathlib.Path) -> dict:
@@ -168,7 +187,7 @@ def export_bundle(workdir: str | pathlib.Path, out: str | pathlib.Path | None = 
                             "(a bundle holds the best parameters of a finished run)")
   results = json.loads(results_path.read_text(encoding="utf-8"))
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text(encoding="utf-8")))
-  mesh = make_mesh(1)
+  mesh = make_mesh(num_devices=1)
   job = build_job(config, mesh)
   try:
     identity = RunIdentity(config, data_files=source_files(job.data_files),
@@ -233,12 +252,13 @@ def _train(state, progress: Progress, *, config, job: Job, mesh, checkpoints: Ch
   saved_step = step if checkpoints.latest_step() == step else None
   guard = _NonFiniteGuard(config.train, int(state.nonfinite_steps), step)
   bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0,
-             disable=progress.finished or not config.train.progress_bar)
+             disable=progress.finished or not config.train.progress_bar or not is_primary())
   window_start, window_steps, window_events = time.perf_counter(), 0, 0.0
   segment_start = time.perf_counter()
 
   while not progress.finished and step < total_steps:
-    state, metrics = train_step(state, shard_batch(next(job.data_iter), mesh))
+    state, metrics = train_step(state, global_batch(next(job.data_iter), mesh,
+                                                    config.train.batch_size))
     step += 1
     window_steps += 1
     window_events += metrics["events"] if "events" in metrics else metrics["examples"]  # no sync

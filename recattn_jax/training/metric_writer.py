@@ -17,9 +17,13 @@ from tensorboardX import SummaryWriter
 
 
 class MetricWriter:
+  """Appends records; `enabled=False` (processes other than the first of a run) writes nothing."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, resume_step: int = 0):
+  def __init__(self, workdir: str | pathlib.Path, *, resume_step: int = 0, enabled: bool = True):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.enabled = enabled
+    if not enabled:
+      return
     self._truncate_after(resume_step)
     self._file = open(self.path, "a", encoding="utf-8")
     self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=resume_step or None)
@@ -34,6 +38,8 @@ class MetricWriter:
     os.replace(tmp, self.path)
 
   def write(self, step: int, split: str, metrics: dict[str, float], **extra):
+    if not self.enabled:
+      return
     record = {"step": int(step), "split": split, **extra, **{k: float(v) for k, v in metrics.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
@@ -42,6 +48,8 @@ class MetricWriter:
       self._tb.add_scalar(f"{split}/{name.replace('@', '_at_')}", float(value), int(step))
 
   def close(self):
+    if not self.enabled:
+      return
     self._file.close()
     self._tb.close()
 

@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from recattn_jax.data.ctr import batches
 from recattn_jax.evaluation.ctr import ctr_metrics, rating_metrics
-from recattn_jax.training.steps import DATA_AXIS
+from recattn_jax.parallel import batch_sharding, fetch
+from recattn_jax.training.steps import shard_batch
 
 TASKS = ("ctr", "rating")
 
@@ -79,7 +80,9 @@ def make_predict_step(model: nn.Module, task: str, *, mesh: Mesh | None = None
 
   if mesh is None:
     return jax.jit(predict_step)
-  return jax.jit(predict_step, in_shardings=(None, NamedSharding(mesh, P(DATA_AXIS))))
+  jitted = jax.jit(predict_step, in_shardings=(None, batch_sharding(mesh)))
+  # A numpy batch every process holds in; the predictions, whole, out on every process.
+  return lambda params, batch: fetch(jitted(params, shard_batch(batch, mesh)))
 
 
 def _without_labels(arrays: dict) -> dict:

@@ -1,8 +1,12 @@
-"""Train state, the jitted data-parallel train step and the jitted ranking step.
+"""Train state, the jitted train step and the jitted ranking steps.
 
 Everything here is a pure function of its arguments; sharding is declared, not
-hand-coded: the batch is split over the mesh's "data" axis and the state is
-replicated, and XLA inserts the gradient all-reduce.
+hand-coded: the batch is split over the mesh's "data" axis, the state follows
+`parallel.SHARDING_RULES` (item tables split by rows over "model", the rest
+replicated), and XLA inserts the collectives: a gradient all-reduce over
+"data", and for the full softmax per-shard logits with a max/sum over "model"
+(the table itself is never gathered; `tests/test_sharding.py` checks the HLO).
+Ranking and top-K on a split table run per shard (`evaluation.sharded`).
 
 A step whose loss or gradient norm is not finite leaves the parameters and the
 optimizer state as they were and is counted in the state (`nonfinite_steps`,
@@ -20,16 +24,17 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from recattn_jax.evaluation import target_ranks
+from recattn_jax.evaluation.sharded import sharded_target_ranks, sharded_top_k_items
 from recattn_jax.evaluation.topk import top_k_items
+from recattn_jax.models.item_encoder import table_rows
 from recattn_jax.models.scoring import encode, scoring_inputs, user_vectors
+from recattn_jax.parallel import (DATA_AXIS, MODEL_AXIS, batch_sharding, global_batch,
+                                  process_rows, replicated, tree_shardings)
 from recattn_jax.training.losses import LossFn, next_item_loss_fn
-
-DATA_AXIS = "data"
 
 
 @flax.struct.dataclass
@@ -67,16 +72,6 @@ def apply_gradients(state: TrainState, grads, metrics: dict,
                  "first_nonfinite_step": state.first_nonfinite_step}
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """1-D data-parallel mesh over the first `num_devices` local devices (all by default)."""
-  devices = jax.local_devices()
-  if num_devices:
-    if num_devices > len(devices):
-      raise ValueError(f"train.num_devices={num_devices} but only {len(devices)} devices are visible")
-    devices = devices[:num_devices]
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
 def learning_rate_schedule(train_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """Linear warm-up, then constant or cosine decay to zero at `total_steps`."""
   peak = train_config.learning_rate
@@ -110,8 +105,8 @@ def init_state(init_params: Callable[[jax.Array], Any], optimizer: optax.Gradien
     return TrainState.create(init_params(key), optimizer, dropout_key)
 
   abstract = jax.eval_shape(init, init_key)
-  shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
-  return jax.jit(init, out_shardings=shardings)(init_key)
+  # Each device creates only its shard: a table larger than one device never exists whole.
+  return jax.jit(init, out_shardings=tree_shardings(abstract, mesh))(init_key)
 
 
 # (params, batch, rng) -> (loss, metrics with "loss" and "events" or "examples")
@@ -119,33 +114,43 @@ BatchLoss = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 
 
 def next_item_loss(model: nn.Module, loss_fn: LossFn | None = None,
-                   item_mask: jax.Array | None = None) -> BatchLoss:
+                   item_mask: jax.Array | None = None, *, padded: bool = False) -> BatchLoss:
   """The ranking task's batch loss: `loss_fn` (default: full-softmax CE) at every target.
 
   Targets are the next items (causal encoders) or the masked ones (cloze).
   `item_mask` [N + 1]: the items the softmax ranges over (None: all).
+  `padded` (a table split over devices): the loss sees all `table_rows` rows,
+  those past N masked out, so the table is used as it lies; `loss_fn` must
+  then take an item mask (registered with item_mask=True, e.g. "softmax").
   """
   loss_fn = loss_fn or next_item_loss_fn("softmax")
+  if padded:
+    rows = table_rows(model.num_items)
+    valid = jnp.arange(rows) <= model.num_items
+    item_mask = valid if item_mask is None else valid & jnp.pad(
+        jnp.asarray(item_mask), (0, rows - model.num_items - 1))
 
   def batch_loss(params, batch, rng):
     dropout_key, table_key, sample_key = jax.random.split(rng, 3)
     hidden = encode(model, params, batch, deterministic=False, rngs={"dropout": dropout_key})
-    hidden, table = scoring_inputs(model, params, hidden, deterministic=False,
+    hidden, table = scoring_inputs(model, params, hidden, padded=padded, deterministic=False,
                                    rngs={"dropout": table_key})
     return loss_fn(hidden, table, batch["targets"], sample_key, item_mask)
   return batch_loss
 
 
 def make_train_step(batch_loss: BatchLoss, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    state: TrainState) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    state: TrainState, *,
+                    accum_steps: int = 1) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """The one train step of every task: jitted (state, batch) -> (state, metrics), state donated.
 
   Each step's rng is the state's dropout key folded with the step number, so a
-  resumed run draws what an uninterrupted one would.
+  resumed run draws what an uninterrupted one would. With `accum_steps` > 1
+  the batch is split into that many micro-batches whose gradients are summed
+  in a scan (`accumulated_gradients`), so only one micro-batch's activations
+  live at a time and the update equals the whole batch's.
   """
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-  replicated = NamedSharding(mesh, P())
 
   # One trace per run: a second one means batch shapes or dtypes changed (a silent recompile).
   chex.clear_trace_counter()
@@ -153,37 +158,101 @@ def make_train_step(batch_loss: BatchLoss, optimizer: optax.GradientTransformati
   @chex.assert_max_traces(n=1)
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.dropout_key, state.step)
-    grads, metrics = jax.grad(lambda p: batch_loss(p, batch, rng), has_aux=True)(state.params)
+    if accum_steps == 1:
+      grads, metrics = jax.grad(lambda p: batch_loss(p, batch, rng), has_aux=True)(state.params)
+    else:
+      grads, metrics = accumulated_gradients(batch_loss, state.params, batch, rng, accum_steps, mesh)
     return apply_gradients(state, grads, metrics, optimizer)
 
-  return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, replicated), donate_argnums=0)
+  return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding(mesh)),
+                 out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+
+
+def accumulated_gradients(batch_loss: BatchLoss, params, batch: dict, rng: jax.Array,
+                          accum_steps: int, mesh: Mesh) -> tuple[Any, dict]:
+  """The gradient and metrics of `batch_loss` on the whole batch, computed micro-batch by micro-batch.
+
+  The loss is a weighted mean over positions (or examples), so the whole
+  batch's gradient is the sum of each micro-batch's gradient times its weight
+  ("events" or "examples"), divided by the total weight. Micro-batch m holds
+  rows m, m + accum_steps, ...: every device keeps its share of each one.
+  Micro-batch m draws dropout from `fold_in(rng, m)`.
+  """
+  rows = jax.tree.leaves(batch)[0].shape[0]
+  if rows % accum_steps:
+    raise ValueError(f"train.grad_accum_steps={accum_steps} does not divide the batch of {rows} rows")
+
+  def split(x):
+    x = x.reshape(rows // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, DATA_AXIS)))
+
+  micro_batches = jax.tree.map(split, batch)
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  weight_key = next(key for key in ("events", "examples")
+                    if key in jax.eval_shape(batch_loss, params, first, rng)[1])
+
+  def weighted_loss(p, micro, key):
+    loss, metrics = batch_loss(p, micro, key)
+    weight = metrics[weight_key].astype(jnp.float32)
+    return loss * weight, weight
+
+  def add(carry, micro_and_index):
+    grad_sum, loss_sum, weight_sum = carry
+    micro, index = micro_and_index
+    (loss, weight), grads = jax.value_and_grad(weighted_loss, has_aux=True)(
+        params, micro, jax.random.fold_in(rng, index))
+    return (jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss, weight_sum + weight), None
+
+  zero = jnp.zeros((), jnp.float32)
+  (grad_sum, loss_sum, weight_sum), _ = jax.lax.scan(
+      add, (jax.tree.map(jnp.zeros_like, params), zero, zero),
+      (micro_batches, jnp.arange(accum_steps)))
+  total = jnp.where(weight_sum > 0, weight_sum, 1.0)
+  return jax.tree.map(lambda g: g / total, grad_sum), {"loss": loss_sum / total, weight_key: weight_sum}
+
+
+def _scoring(model: nn.Module, mesh: Mesh, params, batch):
+  """(users, table) of a batch; on a mesh with a "model" axis, the table padded back to its shards."""
+  return scoring_inputs(model, params, user_vectors(model, params, batch),
+                        padded=mesh.shape[MODEL_AXIS] > 1)
 
 
 def make_rank_step(model: nn.Module, mesh: Mesh, *, item_chunk: int, ties: str) -> Callable:
   """(params, batch) -> ranks with the user's seen items excluded and with all items."""
-  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  sharded = mesh.shape[MODEL_AXIS] > 1
+
+  def ranks(users, table, targets, exclude):
+    if sharded:
+      return sharded_target_ranks(users, table, targets, exclude, mesh=mesh, item_chunk=item_chunk,
+                                  ties=ties, num_rows=model.num_items + 1)
+    return target_ranks(users, table, targets, exclude, item_chunk=item_chunk, ties=ties)
 
   def rank_step(params, batch):
-    users, table = scoring_inputs(model, params, user_vectors(model, params, batch))
-    kwargs = dict(item_chunk=item_chunk, ties=ties)
-    return (target_ranks(users, table, batch["targets"], batch["exclude"], **kwargs),
-            target_ranks(users, table, batch["targets"], None, **kwargs))
+    users, table = _scoring(model, mesh, params, batch)
+    return (ranks(users, table, batch["targets"], batch["exclude"]),
+            ranks(users, table, batch["targets"], None))
 
-  return jax.jit(rank_step, in_shardings=(None, batch_sharding))
+  return jax.jit(rank_step, in_shardings=(None, batch_sharding(mesh)))
 
 
 def make_top_k_step(model: nn.Module, mesh: Mesh, *, k: int, item_chunk: int) -> Callable:
   """(params, batch) -> the top-`k` item ids [B, k] with the user's seen items excluded."""
-  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
   def top_k_step(params, batch):
-    users, table = scoring_inputs(model, params, user_vectors(model, params, batch))
+    users, table = _scoring(model, mesh, params, batch)
+    if mesh.shape[MODEL_AXIS] > 1:
+      return sharded_top_k_items(users, table, k, batch["exclude"], mesh=mesh,
+                                 item_chunk=item_chunk, num_rows=model.num_items + 1)[1]
     return top_k_items(users, table, k, batch["exclude"], item_chunk=item_chunk)[1]
 
-  return jax.jit(top_k_step, in_shardings=(None, batch_sharding))
+  return jax.jit(top_k_step, in_shardings=(None, batch_sharding(mesh)))
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  sharding = NamedSharding(mesh, P(DATA_AXIS))
-  return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+  """A whole (global) batch that every process holds, as arrays split over "data".
+
+  Each process contributes only the rows its devices hold (`parallel.process_rows`).
+  """
+  rows = jax.tree.leaves(batch)[0].shape[0]
+  mine = process_rows(mesh, rows)
+  return global_batch({key: value[mine] for key, value in batch.items()}, mesh, rows)

@@ -29,13 +29,14 @@ from recattn_jax.data.ctr import build_pointwise_data
 from recattn_jax.data.features import ItemFeatures, load_item_features
 from recattn_jax.data.loading import (load_interactions, load_split, load_split_features,
                                       load_user_profiles, resolve_paths)
-from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset
+from recattn_jax.data.pipeline import eval_batches, process_share, rows_per_pass, train_dataset
 from recattn_jax.data.preprocess import Split
 from recattn_jax.data.social import UserProfiles
 from recattn_jax.evaluation import metrics_from_ranks, target_ranks
 from recattn_jax.evaluation.beyond import beyond_accuracy_report, item_popularity
 from recattn_jax.evaluation.ctr import ctr_metrics, item_mean_baseline, rating_metrics
 from recattn_jax.models import build_encoder, build_pointwise_model, encoder_spec, init_encoder
+from recattn_jax.parallel import MODEL_AXIS, fetch, process_rows
 from recattn_jax.registry import Registry
 from recattn_jax.training import pointwise_task
 from recattn_jax.training.bundle import BundleData
@@ -126,10 +127,14 @@ def _ranking_data(data_config: ml_collections.ConfigDict) -> RankingData:
                      load_user_profiles(data_config, split))
 
 
-def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray):
+def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray, *, sharded: bool):
   """The configured loss, and the items it may rank over (`train.negatives`)."""
   name = config.train.loss.name
   loss_fn = next_item_loss_fn(name, **config.train.loss.get(name, {}))
+  if sharded and not LOSSES.spec(name).get("item_mask"):
+    raise ValueError(f"train.loss.name={name!r} does not run on an item table split over "
+                     "train.mesh.model > 1 devices yet; use 'softmax' (the full softmax is "
+                     "computed per shard) or train.mesh.model=1")
   if config.train.negatives not in ("all", "trained"):
     raise ValueError(f"train.negatives must be 'all' or 'trained', got {config.train.negatives!r}")
   if config.train.negatives == "all":
@@ -166,9 +171,11 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
       prefetch=config.data.prefetch, objective=objective, mask_prob=config.train.mask_prob,
       mask_id=model.mask_id, last_item_prob=config.train.last_item_prob,
       timestamps=split.train_timestamps if timestamps else None,
-      users=split.train_users if with_users else None))
+      users=split.train_users if with_users else None,
+      rows=process_rows(mesh, config.train.batch_size)))
   popularity = item_popularity(split.train, split.num_items)
-  loss_fn, item_mask = _ranking_loss(config, popularity)
+  sharded = mesh.shape[MODEL_AXIS] > 1
+  loss_fn, item_mask = _ranking_loss(config, popularity, sharded=sharded)
 
   # Evaluation: full ranking of both protocols, beyond-accuracy lists, the baseline.
   rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
@@ -185,8 +192,8 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
     for batch in batches_of(getattr(split, which)):
       rows = int(batch["weight"].sum())
       excluded, everything = rank_step(params, shard_batch(batch, mesh))
-      ranks[True].append(np.asarray(excluded)[:rows])
-      ranks[False].append(np.asarray(everything)[:rows])
+      ranks[True].append(fetch(excluded)[:rows])
+      ranks[False].append(fetch(everything)[:rows])
     return {PROTOCOLS[flag]: metrics_from_ranks(np.concatenate(r), tuple(config.eval.ks))
             for flag, r in ranks.items()}
 
@@ -196,7 +203,7 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
     lists = []
     for batch in batches_of(split.test):
       rows = int(batch["weight"].sum())
-      lists.append(np.asarray(top_k_step(params, shard_batch(batch, mesh)))[:rows])
+      lists.append(fetch(top_k_step(params, shard_batch(batch, mesh)))[:rows])
     beyond = beyond_accuracy_report(np.concatenate(lists), split.test.targets, popularity,
                                     ks=tuple(k for k in config.eval.ks if k > 1))
     return {"beyond_accuracy": beyond,
@@ -207,8 +214,10 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
                           *(part for eval_set in (split.valid, split.test)
                             for part in (eval_set.users, eval_set.targets, eval_set.histories)))
   return Job(state=state, data_iter=data_iter,
-             make_train_step=lambda s: make_train_step(next_item_loss(model, loss_fn, item_mask),
-                                                       optimizer, mesh, s),
+             make_train_step=lambda s: make_train_step(next_item_loss(model, loss_fn, item_mask,
+                                                                      padded=sharded),
+                                                       optimizer, mesh, s,
+                                                       accum_steps=config.train.grad_accum_steps),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
              primary=PROTOCOLS[config.eval.exclude_seen], stats=split.stats, report=report,
              data_digest=digest, data_files=_data_files(data_config),
@@ -245,8 +254,9 @@ def popularity_baseline(eval_set, popularity: np.ndarray, config) -> dict:
 # Click and rating prediction.
 
 
-def _pointwise_batches(arrays: dict, *, batch_size: int, seed: int) -> grain.MapDataset:
-  """Endless shuffled full batches; every pass over the examples is a fresh permutation."""
+def _pointwise_batches(arrays: dict, *, batch_size: int, seed: int,
+                       rows: slice | None = None) -> grain.MapDataset:
+  """Endless shuffled full batches (this process's `rows` of each); each pass is a fresh permutation."""
   size = len(arrays["labels"])
   if size < batch_size:
     raise ValueError(f"train.batch_size={batch_size} exceeds the {size} training examples")
@@ -256,8 +266,8 @@ def _pointwise_batches(arrays: dict, *, batch_size: int, seed: int) -> grain.Map
     row["weight"] = np.float32(1.0)
     return row
 
-  return (grain.MapDataset.range(size).shuffle(seed=seed).repeat().map(example)
-          .batch(batch_size, drop_remainder=True))
+  return process_share(grain.MapDataset.range(size).shuffle(seed=seed).repeat().map(example),
+                       batch_size, rows)
 
 
 def _check_pointwise_data_config(data_config: ml_collections.ConfigDict, task: str) -> None:
@@ -298,7 +308,8 @@ def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> J
   state = init_state(pointwise_task.init_params(model, example), optimizer, seed=config.seed,
                      mesh=mesh)
   data_iter = iter(_pointwise_batches(train_arrays, batch_size=config.train.batch_size,
-                                      seed=config.seed))
+                                      seed=config.seed,
+                                      rows=process_rows(mesh, config.train.batch_size)))
 
   predict_step = pointwise_task.make_predict_step(model, task, mesh=mesh)
 
@@ -319,7 +330,8 @@ def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> J
       array for part in (data.train, data.valid, data.test) for array in part.arrays().values()))
   return Job(state=state, data_iter=data_iter,
              make_train_step=lambda s: make_train_step(pointwise_task.batch_loss(model, task),
-                                                       optimizer, mesh, s),
+                                                       optimizer, mesh, s,
+                                                       accum_steps=config.train.grad_accum_steps),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
              primary=task, stats=data.stats, report=report, data_digest=digest,
              data_files=_data_files(data_config),

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # Fields that change neither the model, the data nor the metrics a run reports.
 IGNORED_FIELDS = frozenset({
     "train.progress_bar", "train.log_every_steps", "train.num_devices", "train.keep_checkpoints",
+    "train.mesh.data", "train.mesh.model",  # a run resumes onto another mesh
     "data.prefetch", "eval.batch_size", "eval.item_chunk",
 })
 
@@ -243,7 +244,8 @@ class RunIdentity:
                     (": " + ", ".join(changed[:8]) if changed else " with the same statistics"))
     return refuse, notes
 
-  def check(self, workdir: pathlib.Path, *, has_run: bool, force_resume: bool, step: int = 0) -> list[dict]:
+  def check(self, workdir: pathlib.Path, *, has_run: bool, force_resume: bool, step: int = 0,
+            record: bool = True) -> list[dict]:
     """Refuses to go on in a workdir that holds another run; records the identity.
 
     Args:
@@ -252,6 +254,7 @@ class RunIdentity:
         the identity is recorded afresh.
       force_resume: go on despite differences, recording them.
       step: the step the run goes on from (recorded with forced changes).
+      record: write run.json (False on all processes but the one that writes files).
     Returns:
       the recorded history of forced changes, oldest first.
     Raises:
@@ -287,5 +290,6 @@ class RunIdentity:
       log.warning("%s: resuming despite differences (force_resume):\n  %s", workdir,
                   "\n  ".join(refuse))
       history.append({"time": _now(), "step": step, "changes": refuse})
-    _write_json(path, {**self.record, "forced_changes": history})
+    if record:
+      _write_json(path, {**self.record, "forced_changes": history})
     return history
