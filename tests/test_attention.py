@@ -373,6 +373,11 @@ def test_auto_picks_valid_implementation():
   assert select_implementation(q32[:, :64], q32[:, :64], mask=causal, backend="gpu") == "xla"
   assert select_implementation(q32, q32, mask=causal, kind="pointwise",
                                backend="tpu") == "blockwise"
+  # TPU: the splash kernel for causal, windowed, packed and padded masks; not for a bias.
+  for mask in (causal, padded, windowed):
+    assert select_implementation(q32, q32, mask=mask, backend="tpu") == "pallas"
+  bias = jnp.zeros((1, 2, 64, 64))
+  assert select_implementation(q32[:, :64], q32[:, :64], mask=causal, bias=bias, backend="tpu") == "xla"
   for backend in ("cpu", "gpu", "tpu"):
     for kind, registry in (("softmax", IMPLEMENTATIONS), ("pointwise", POINTWISE_IMPLEMENTATIONS)):
       assert select_implementation(q16, q16, mask=padded, kind=kind, backend=backend) in registry

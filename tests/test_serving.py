@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import flax.serialization
 import jax
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from recattn_jax.serving import BundleError, CandidateScorer, Recommender, Unkno
 from recattn_jax.serving.portable import export_scorer, run_scorer
 from recattn_jax.training import pointwise_task
 from recattn_jax.training.bundle import BundleData, read_bundle, write_bundle
+from recattn_jax.training.checkpoint import sha256_file
 from recattn_jax.training.loop import export_bundle
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -94,7 +96,7 @@ def test_export_rewrites_the_same_bundle(run_copy):
     (lambda b: (b / "bundle.json").unlink(), "not a model bundle"),
     (lambda b: (b / "bundle.json").write_text(json.dumps(
         {**json.loads((b / "bundle.json").read_text()), "format_version": 99})),
-     "format version 99 but this recattn_jax reads version 1"),
+     r"format version 99 but this recattn_jax reads versions \[1, 2\]"),
 ])
 def test_a_damaged_or_foreign_bundle_is_refused_naming_the_file(run_copy, damage, message):
   bundle = run_copy[0] / "bundle"
@@ -202,6 +204,23 @@ def _random_bundle(path, name, *, max_len=8, num_items=30, users=4, seed=0, item
                     popularity=rng.integers(0, 50, num_items + 1), histories=histories,
                     history_timestamps=times, item_features=item_features)
   return write_bundle(path, config=config, params=params, data=data)
+
+
+def test_a_version_1_bundle_is_migrated_to_padded_tables(tmp_path):
+  """Version 1 stored per-item parameters with N + 1 rows; they are padded on load, lists unchanged."""
+  bundle = _random_bundle(tmp_path / "b", "bert4rec", num_items=30)
+  want = Recommender.load(bundle).recommend(["i1", "i2", "i3"], k=10)
+  params = flax.serialization.msgpack_restore((bundle / "params.msgpack").read_bytes())
+  params["params"]["item_embed"]["embedding"] = params["params"]["item_embed"]["embedding"][:31]
+  params["params"]["output_bias"] = params["params"]["output_bias"][:31]
+  (bundle / "params.msgpack").write_bytes(flax.serialization.msgpack_serialize(params))
+  manifest = json.loads((bundle / "bundle.json").read_text())
+  manifest["format_version"] = 1
+  manifest["files"]["params.msgpack"] = {"bytes": (bundle / "params.msgpack").stat().st_size,
+                                         "sha256": sha256_file(bundle / "params.msgpack")}
+  (bundle / "bundle.json").write_text(json.dumps(manifest))
+  got = Recommender.load(bundle).recommend(["i1", "i2", "i3"], k=10)
+  assert got.items == want.items
 
 
 def test_a_content_model_is_served_from_the_features_in_its_bundle(tmp_path):

@@ -20,7 +20,7 @@ from recattn_jax.attention.blockwise import blockwise_attention, blockwise_point
 from recattn_jax.attention.fused import (CUDNN_DTYPES, cudnn_attention, cudnn_native,
                                          xla_attention)
 from recattn_jax.attention.mask import MaskSpec
-from recattn_jax.attention.pallas import pallas_attention, pallas_supports
+from recattn_jax.attention.pallas import pallas_attention, pallas_supports, splash_supports
 from recattn_jax.attention.reference import reference_attention, reference_pointwise
 
 # name -> fn(q, k, v, *, mask, bias, scale) -> out
@@ -66,7 +66,9 @@ def select_implementation(q: jax.Array, k: jax.Array, *, mask: MaskSpec | None =
       2. else `pallas` when there is no bias, window or block-sparse pattern
          (it takes key padding and segment ids in O(L) memory);
       3. else as for float32 below.
-  * GPU float32, TPU and others, softmax: `xla` while
+  * TPU, softmax: `pallas` (the splash-attention kernel, which skips masked
+    tiles) unless there is a bias or a block-sparse pattern; then as below.
+  * GPU float32 and others, softmax: `xla` while
     Lq*Lk <= AUTO_DENSE_MAX_LOGITS, else `blockwise`.
   * pointwise: `blockwise` on CPU; elsewhere `reference` while
     Lq*Lk <= AUTO_DENSE_MAX_LOGITS, else `blockwise`.
@@ -77,6 +79,8 @@ def select_implementation(q: jax.Array, k: jax.Array, *, mask: MaskSpec | None =
     return "blockwise"
   if kind == "pointwise":
     return "reference" if dense_ok else "blockwise"
+  if backend == "tpu" and splash_supports(mask, bias):
+    return "pallas"
   if backend == "gpu" and q.dtype in CUDNN_DTYPES:
     if _cudnn_ok(q, k, mask, bias):
       return "cudnn"

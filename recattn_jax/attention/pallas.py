@@ -241,6 +241,11 @@ def splash_attention(q, k, v, *, mask: MaskSpec | None, bias, scale: float,
   return _zero_invisible_rows(out, mask, batch, q_len, kv_len)
 
 
+def splash_supports(mask: MaskSpec | None, bias) -> bool:
+  """Whether the TPU splash kernel takes this call (used by `auto` on TPU)."""
+  return bias is None and (mask is None or mask.block_sparse is None)
+
+
 def pallas_supports(q: jax.Array, k: jax.Array, mask: MaskSpec | None, bias) -> bool:
   """Whether the GPU kernel takes this call (used by `auto`)."""
   if bias is not None:
