@@ -212,7 +212,7 @@ def accumulated_gradients(batch_loss: BatchLoss, params, batch: dict, rng: jax.A
 
 
 def _scoring(model: nn.Module, mesh: Mesh, params, batch):
-  """(users, table) of a batch; on a mesh with a "model" axis, the table padded back to its shards."""
+  """(users, table) of a batch; on a mesh with a "model" axis, the whole padded table as it lies."""
   return scoring_inputs(model, params, user_vectors(model, params, batch),
                         padded=mesh.shape[MODEL_AXIS] > 1)
 
