@@ -1,4 +1,4 @@
-"""Imports flow one way: registry <- data <- attention <- models <- evaluation <- parallel <- training <- serving <- CLI.
+"""Imports flow one way: registry <- data <- attention <- text <- models <- evaluation <- parallel <- training <- serving <- CLI.
 
 Read from the source (every import statement, at any depth), so an upward or
 function-level import that dodges a cycle is caught without running anything.
@@ -8,8 +8,8 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "recattn_jax"
-LAYERS = ("registry", "data", "attention", "models", "evaluation", "parallel", "training", "serving",
-          "cli")
+LAYERS = ("registry", "data", "attention", "text", "models", "evaluation", "parallel", "training",
+          "serving", "cli")
 # Modules outside a layer folder, by the layer they belong to.
 TOP_LEVEL = {"registry": "registry", "config": "training", "train": "cli", "explain": "serving",
              "recommend": "cli", "export": "cli", "serve": "cli",

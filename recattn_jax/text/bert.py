@@ -1,0 +1,139 @@
+"""A BERT-family text encoder in Flax whose self-attention runs through `attention.attend`.
+
+The architecture of Devlin et al. (2019) as Hugging Face's `BertModel` lays
+it out, so its checkpoints load unchanged (`pretrained.load_pretrained`):
+word + position + token-type embeddings and a LayerNorm, then post-LN blocks
+(self-attention, residual, LayerNorm; a GELU feed-forward, residual,
+LayerNorm). Padding tokens are masked as keys (`MaskSpec(kv_valid=...)`), so
+any attention implementation (`attention_impl`) gives the same vectors.
+Sentence vectors pool the last hidden states: "mean" over the real tokens
+(what sentence-transformers does for all-MiniLM-L6-v2) or "cls" (the first
+token).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from recattn_jax.attention import MaskSpec, attention_fn
+
+POOLINGS = ("mean", "cls")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """The fields of a Hugging Face BERT `config.json` that shape the network."""
+
+  vocab_size: int
+  hidden_size: int = 384
+  num_hidden_layers: int = 6
+  num_attention_heads: int = 12
+  intermediate_size: int = 1536
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_act: str = "gelu"
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+
+  @classmethod
+  def from_dict(cls, fields: dict[str, Any]) -> "BertConfig":
+    """From a parsed config.json; other fields are ignored, a missing vocab_size is an error."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    if "vocab_size" not in fields:
+      raise ValueError("config.json has no vocab_size: not a BERT-family config")
+    return cls(**{key: value for key, value in fields.items() if key in known})
+
+
+_ACTIVATIONS = {"gelu": lambda x: nn.gelu(x, approximate=False),  # BERT's erf GELU
+                "gelu_new": lambda x: nn.gelu(x, approximate=True), "relu": nn.relu}
+
+
+class BertLayer(nn.Module):
+  config: BertConfig
+  attention_impl: str = "xla"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool) -> jax.Array:
+    c = self.config
+    heads, width = c.num_attention_heads, c.hidden_size
+    dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
+    norm = lambda name: nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name=name)
+    split = lambda y: y.reshape(*y.shape[:2], heads, width // heads)
+    q, k, v = (split(dense(width, name)(x)) for name in ("query", "key", "value"))
+    attended = attention_fn(self.attention_impl)(q, k, v, mask=MaskSpec(kv_valid=valid))
+    attended = dense(width, "attention_output")(attended.reshape(x.shape))
+    attended = nn.Dropout(c.hidden_dropout_prob)(attended, deterministic=deterministic)
+    x = norm("attention_norm")(x + attended)
+    hidden = _ACTIVATIONS[c.hidden_act](dense(c.intermediate_size, "intermediate")(x))
+    hidden = nn.Dropout(c.hidden_dropout_prob)(dense(width, "output")(hidden),
+                                                deterministic=deterministic)
+    return norm("output_norm")(x + hidden)
+
+
+class BertEncoder(nn.Module):
+  """Token ids [B, L] (0 where `attention_mask` is 0) -> hidden states [B, L, H] and sentence vectors.
+
+  Attention dropout is not applied (the attention engines have none); hidden
+  dropout is, when `deterministic` is False.
+  """
+
+  config: BertConfig
+  attention_impl: str = "xla"
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.config
+    if c.hidden_act not in _ACTIVATIONS:
+      raise ValueError(f"hidden_act={c.hidden_act!r} is not supported; one of {sorted(_ACTIVATIONS)}")
+    if c.hidden_size % c.num_attention_heads:
+      raise ValueError(f"hidden_size={c.hidden_size} is not divisible by "
+                       f"num_attention_heads={c.num_attention_heads}")
+    self.word_embeddings = nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")
+    self.position_embeddings = nn.Embed(c.max_position_embeddings, c.hidden_size,
+                                        name="position_embeddings")
+    self.token_type_embeddings = nn.Embed(c.type_vocab_size, c.hidden_size,
+                                          name="token_type_embeddings")
+    self.embeddings_norm = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")
+    self.embeddings_dropout = nn.Dropout(c.hidden_dropout_prob)
+    self.layers = [BertLayer(c, self.attention_impl, self.dtype, name=f"layer_{i}")
+                   for i in range(c.num_hidden_layers)]
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               token_type_ids: jax.Array | None = None, *, deterministic: bool = True) -> jax.Array:
+    """Last hidden states [B, L, H] (float32 at the output whatever `dtype`)."""
+    length = input_ids.shape[-1]
+    if length > self.config.max_position_embeddings:
+      raise ValueError(f"{length} tokens exceed max_position_embeddings="
+                       f"{self.config.max_position_embeddings}")
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    x = (self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(length))
+         + self.token_type_embeddings(token_type_ids))
+    x = self.embeddings_dropout(self.embeddings_norm(x), deterministic=deterministic)
+    x = x.astype(self.dtype)
+    valid = attention_mask.astype(bool)
+    for layer in self.layers:
+      x = layer(x, valid, deterministic)
+    return x.astype(jnp.float32)
+
+  def embed(self, input_ids: jax.Array, attention_mask: jax.Array, pooling: str = "mean",
+            *, deterministic: bool = True) -> jax.Array:
+    """Sentence vectors [B, H]: "mean" over the real tokens, or "cls" (see the module docstring)."""
+    return pool(self(input_ids, attention_mask, deterministic=deterministic), attention_mask, pooling)
+
+
+def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str = "mean") -> jax.Array:
+  """[B, H] from hidden states [B, L, H]; a row with no real token pools to zeros."""
+  if pooling == "cls":
+    return hidden[:, 0]
+  if pooling != "mean":
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+  weight = attention_mask.astype(hidden.dtype)[..., None]
+  return jnp.sum(hidden * weight, axis=1) / jnp.maximum(jnp.sum(weight, axis=1), 1e-9)

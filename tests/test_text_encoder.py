@@ -1,0 +1,132 @@
+"""The Flax BERT encoder against a plain numpy BERT, and the pretrained MiniLM against Hugging Face's."""
+
+import math
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from recattn_jax.attention import IMPLEMENTATIONS
+from recattn_jax.text.bert import BertConfig, BertEncoder
+from recattn_jax.text.pretrained import PretrainedError, convert_weights
+
+# Attention engines that run on CPU (pallas and cudnn need an accelerator here).
+CPU_IMPLEMENTATIONS = sorted(name for name in IMPLEMENTATIONS if name not in ("pallas", "cudnn"))
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "minilm_reference.npz"
+TINY = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=32, max_position_embeddings=24)
+
+
+def random_checkpoint(config: BertConfig, seed=0) -> dict[str, np.ndarray]:
+  """Tensors named and shaped as a Hugging Face BertModel's safetensors (Linear weights [out, in])."""
+  rng = np.random.default_rng(seed)
+  h, i = config.hidden_size, config.intermediate_size
+  t = lambda *shape: rng.normal(0, 0.2, shape).astype(np.float32)
+  tensors = {"embeddings.word_embeddings.weight": t(config.vocab_size, h),
+             "embeddings.position_embeddings.weight": t(config.max_position_embeddings, h),
+             "embeddings.token_type_embeddings.weight": t(config.type_vocab_size, h),
+             "embeddings.LayerNorm.weight": 1 + t(h), "embeddings.LayerNorm.bias": t(h),
+             "pooler.dense.weight": t(h, h), "pooler.dense.bias": t(h)}
+  for layer in range(config.num_hidden_layers):
+    p = f"encoder.layer.{layer}."
+    for name, (out, inp) in {"attention.self.query": (h, h), "attention.self.key": (h, h),
+                             "attention.self.value": (h, h), "attention.output.dense": (h, h),
+                             "intermediate.dense": (i, h), "output.dense": (h, i)}.items():
+      tensors[p + name + ".weight"], tensors[p + name + ".bias"] = t(out, inp), t(out)
+    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+      tensors[p + name + ".weight"], tensors[p + name + ".bias"] = 1 + t(h), t(h)
+  return tensors
+
+
+def numpy_bert(tensors, config: BertConfig, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Hugging Face BertModel's forward pass, written out in float64 numpy from the tensor names."""
+  w = {k: v.astype(np.float64) for k, v in tensors.items()}
+  erf = np.vectorize(math.erf)
+
+  def norm(x, name):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + config.layer_norm_eps) * w[name + ".weight"] + w[name + ".bias"]
+
+  linear = lambda x, name: x @ w[name + ".weight"].T + w[name + ".bias"]
+  b, length = ids.shape
+  x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:length]
+       + w["embeddings.token_type_embeddings.weight"][0])
+  x = norm(x, "embeddings.LayerNorm")
+  heads, dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+  additive = np.where(mask[:, None, None, :] > 0, 0.0, -1e9)
+  for layer in range(config.num_hidden_layers):
+    p = f"encoder.layer.{layer}."
+    split = lambda y: y.reshape(b, length, heads, dim).transpose(0, 2, 1, 3)
+    q, k, v = (split(linear(x, p + "attention.self." + n)) for n in ("query", "key", "value"))
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dim) + additive
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    attended = (probs @ v).transpose(0, 2, 1, 3).reshape(b, length, -1)
+    x = norm(x + linear(attended, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+    hidden = linear(x, p + "intermediate.dense")
+    hidden = 0.5 * hidden * (1 + erf(hidden / np.sqrt(2)))
+    x = norm(x + linear(hidden, p + "output.dense"), p + "output.LayerNorm")
+  return x
+
+
+def _batch():
+  rng = np.random.default_rng(1)
+  ids = rng.integers(1, TINY.vocab_size, (3, 20)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[1, 12:] = 0  # padded rows: padding keys must be invisible
+  mask[2, 5:] = 0
+  return np.where(mask > 0, ids, 0), mask
+
+
+@pytest.mark.parametrize("implementation", CPU_IMPLEMENTATIONS)
+def test_encoder_equals_numpy_bert_for_every_cpu_attention(implementation):
+  tensors = random_checkpoint(TINY)
+  module = BertEncoder(TINY, attention_impl=implementation)
+  params = convert_weights(tensors, TINY, module)
+  ids, mask = _batch()
+  hidden = np.asarray(jax.jit(module.apply)(params, ids, mask))
+  want = numpy_bert(tensors, TINY, ids, mask)
+  real = mask > 0
+  np.testing.assert_allclose(hidden[real], want[real], rtol=1e-4, atol=1e-4)
+  pooled = np.asarray(jax.jit(lambda p, i, m: module.apply(p, i, m, "mean", method="embed"))(
+      params, ids, mask))
+  np.testing.assert_allclose(pooled, (want * real[..., None]).sum(1) / real.sum(1, keepdims=True),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_gradients_equal_finite_differences():
+  tensors = random_checkpoint(TINY)
+  module = BertEncoder(TINY, attention_impl="blockwise")
+  params = convert_weights(tensors, TINY, module)
+  ids, mask = _batch()
+  loss = lambda p: (module.apply(p, ids, mask, "mean", method="embed") ** 2).sum()
+  grads = jax.grad(loss)(params)
+  leaf = ("params", "layer_1", "query", "kernel")
+  direction = np.random.default_rng(2).normal(size=params["params"]["layer_1"]["query"]["kernel"].shape)
+  eps = 1e-3
+
+  def shifted(sign):
+    p = jax.tree.map(lambda x: x, params)
+    p["params"]["layer_1"]["query"]["kernel"] = params["params"]["layer_1"]["query"]["kernel"] + sign * eps * direction
+    return float(loss(p))
+
+  numeric = (shifted(1) - shifted(-1)) / (2 * eps)
+  analytic = float(np.sum(np.asarray(grads[leaf[0]][leaf[1]][leaf[2]][leaf[3]]) * direction))
+  assert analytic == pytest.approx(numeric, rel=2e-2, abs=1e-4)
+
+
+def test_a_checkpoint_that_does_not_fit_is_named():
+  module = BertEncoder(TINY)
+  tensors = random_checkpoint(TINY)
+  missing = {k: v for k, v in tensors.items() if "layer.1.output.dense.weight" not in k}
+  with pytest.raises(PretrainedError, match=r"encoder.layer.1.output.dense.weight is missing"):
+    convert_weights(missing, TINY, module)
+  wrong = {**tensors, "encoder.layer.0.intermediate.dense.weight": np.zeros((7, 16), np.float32)}
+  with pytest.raises(PretrainedError, match=r"intermediate.dense.weight has shape \(16, 7\)"):
+    convert_weights(wrong, TINY, module)
+  extra = {**tensors, "cls.predictions.bias": np.zeros(50, np.float32)}
+  with pytest.raises(PretrainedError, match="not part of a BERT encoder"):
+    convert_weights(extra, TINY, module)
+  prefixed = {"bert." + k: v for k, v in tensors.items()}  # BertForX checkpoints prefix "bert."
+  convert_weights(prefixed, TINY, module)
