@@ -130,3 +130,53 @@ def test_a_checkpoint_that_does_not_fit_is_named():
     convert_weights(extra, TINY, module)
   prefixed = {"bert." + k: v for k, v in tensors.items()}  # BertForX checkpoints prefix "bert."
   convert_weights(prefixed, TINY, module)
+
+
+def write_tiny_checkpoint(folder: pathlib.Path, config: BertConfig = TINY) -> pathlib.Path:
+  """A complete checkpoint folder (config.json, model.safetensors, tokenizer.json) of random weights."""
+  import json  # noqa: PLC0415
+
+  import safetensors.numpy  # noqa: PLC0415
+  import tokenizers  # noqa: PLC0415
+  from tokenizers import models, pre_tokenizers  # noqa: PLC0415
+
+  folder.mkdir(parents=True, exist_ok=True)
+  words = ["[PAD]", "[UNK]"] + [f"w{i}" for i in range(config.vocab_size - 2)]
+  tokenizer = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+  tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+  tokenizer.save(str(folder / "tokenizer.json"))
+  (folder / "config.json").write_text(json.dumps({**config.__dict__, "model_type": "bert"}))
+  safetensors.numpy.save_file(random_checkpoint(config), str(folder / "model.safetensors"))
+  return folder
+
+
+def test_catalogue_embeddings_bucketed_or_not_are_equal_and_cached(tmp_path, monkeypatch, caplog):
+  from recattn_jax.text import embed, load_pretrained  # noqa: PLC0415
+
+  model = load_pretrained(write_tiny_checkpoint(tmp_path / "model"))
+  rng = np.random.default_rng(0)
+  texts = [" ".join(f"w{j}" for j in rng.integers(0, 40, rng.integers(0, 20))) for _ in range(37)]
+  ids = [f"item{i}" for i in range(len(texts))]
+  bucketed = embed.embed_texts(model, texts, batch_size=8, max_length=24, progress=False)
+  padded = embed.embed_texts(model, texts, batch_size=8, max_length=24, bucket=False, progress=False)
+  np.testing.assert_allclose(bucketed, padded, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(bucketed[:3], model.embed(texts[:3], max_length=24), rtol=1e-5, atol=1e-6)
+
+  path = embed.cached_embeddings(model, ids, texts, cache_dir=tmp_path / "cache", max_length=24)
+  np.testing.assert_allclose(np.load(path), bucketed, rtol=1e-5, atol=1e-6)
+  assert (path.parent / (path.stem + ".ids.txt")).read_text().split() == ids
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("embedded again although the cache holds these texts")
+  monkeypatch.setattr(embed, "embed_texts", refuse)
+  assert embed.cached_embeddings(model, ids, texts, cache_dir=tmp_path / "cache", max_length=24) == path
+  monkeypatch.undo()
+
+  changed = embed.cached_embeddings(model, ids, texts[:-1] + ["w1 w2"], cache_dir=tmp_path / "cache",
+                                    max_length=24)
+  assert changed != path  # another text: another key, never the stale matrix
+  path.write_bytes(path.read_bytes()[:100])  # truncated
+  with caplog.at_level("WARNING"):
+    again = embed.cached_embeddings(model, ids, texts, cache_dir=tmp_path / "cache", max_length=24)
+  assert again == path and "damaged" in caplog.text
+  np.testing.assert_allclose(np.load(path), bucketed, rtol=1e-5, atol=1e-6)
