@@ -74,6 +74,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.data.item_token_min_count = 1  # rarer tokens become unknown
   c.data.text_embeddings_path = "" # ... and/or a [items, E] .npy whose rows are named by ...
   c.data.text_embeddings_ids_path = ""  # ... this file ("": the .npy path with .ids.txt)
+  # Item text for `python -m recattn_jax.embed` (data/item_text.py): a table's columns, else
+  # the .item file above, else Last.fm's artist names and tags.
+  c.data.item_text_path = ""       # a CSV / TSV / Parquet file with data.columns.item ...
+  c.data.item_text_columns = ""    # ... and these text columns, comma separated
   # A user context (ranking encoders): what each user's friends interacted with in training.
   c.data.user_friends_path = ""    # headed userID/friendID table, e.g. Last.fm's user_friends.dat
   c.data.friend_items = 50         # most shared friend items kept per user

@@ -73,21 +73,5 @@ def main(argv):
   print(f"\nresults: {pathlib.Path(workdir) / 'results.json'}, metrics: {pathlib.Path(workdir) / 'metrics.jsonl'}")
 
 
-def resolve_config_names(argv: list[str]) -> list[str]:
-  """`--config NAME` (a shipped config) becomes `--config <its path>`; paths pass unchanged."""
-  out = list(argv)
-  for i, arg in enumerate(out):
-    if arg == "--config" and i + 1 < len(out):
-      index, value, prefix = i + 1, out[i + 1], ""
-    elif arg.startswith("--config="):
-      index, value, prefix = i, arg[len("--config="):], "--config="
-    else:
-      continue
-    name, colon, rest = value.partition(":")  # ml_collections' "path:argument" form
-    if not pathlib.Path(name).exists() and name.removesuffix(".py") in configs.names():
-      out[index] = prefix + str(configs.path(name)) + colon + rest
-  return out
-
-
 if __name__ == "__main__":
-  app.run(main, argv=resolve_config_names(sys.argv))
+  app.run(main, argv=configs.resolve_config_names(sys.argv))

@@ -12,7 +12,7 @@ LAYERS = ("registry", "data", "attention", "text", "models", "evaluation", "para
           "serving", "cli")
 # Modules outside a layer folder, by the layer they belong to.
 TOP_LEVEL = {"registry": "registry", "config": "training", "train": "cli", "explain": "serving",
-             "recommend": "cli", "export": "cli", "serve": "cli",
+             "recommend": "cli", "export": "cli", "serve": "cli", "embed": "cli",
              "configs": "cli", "": "cli"}
 
 

@@ -19,3 +19,19 @@ def path(name: str) -> pathlib.Path:
   if stem not in names():
     raise ValueError(f"no shipped config {name!r}; shipped: {names()}")
   return FOLDER / f"{stem}.py"
+
+
+def resolve_config_names(argv: list[str]) -> list[str]:
+  """`--config NAME` (a shipped config) becomes `--config <its path>`; paths pass unchanged."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg == "--config" and i + 1 < len(out):
+      index, value, prefix = i + 1, out[i + 1], ""
+    elif arg.startswith("--config="):
+      index, value, prefix = i, arg[len("--config="):], "--config="
+    else:
+      continue
+    name, colon, rest = value.partition(":")  # ml_collections' "path:argument" form
+    if not pathlib.Path(name).exists() and name.removesuffix(".py") in names():
+      out[index] = prefix + str(path(name)) + colon + rest
+  return out
