@@ -78,6 +78,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   # the .item file above, else Last.fm's artist names and tags.
   c.data.item_text_path = ""       # a CSV / TSV / Parquet file with data.columns.item ...
   c.data.item_text_columns = ""    # ... and these text columns, comma separated
+  # A pretrained text encoder ("minilm" or a checkpoint folder) embeds that text into
+  # data.text_embeddings_path (cached, recattn_jax/text/embed.py) before training.
+  c.data.text_model = ""
+  c.data.text_max_length = 64      # tokens kept per item text
+  c.data.text_pooling = "mean"     # or "cls"
   # A user context (ranking encoders): what each user's friends interacted with in training.
   c.data.user_friends_path = ""    # headed userID/friendID table, e.g. Last.fm's user_friends.dat
   c.data.friend_items = 50         # most shared friend items kept per user
@@ -236,6 +241,7 @@ RANGES: dict[str, Range] = {
     "data.item_max_tokens": _COUNT,
     "data.item_token_min_count": _COUNT,
     "data.friend_items": _COUNT,
+    "data.text_max_length": _COUNT,
     "data.click_threshold": Range(),
     "data.negatives_per_positive": _NON_NEGATIVE_COUNT,
     "model.*.embed_dim": _COUNT,
@@ -273,7 +279,7 @@ RANGES: dict[str, Range] = {
 
 NAN_POLICIES = ("raise", "skip")
 # Other enumerated fields are checked where they are used, also before training.
-CHOICES: dict[str, tuple] = {"train.nan_policy": NAN_POLICIES}
+CHOICES: dict[str, tuple] = {"train.nan_policy": NAN_POLICIES, "data.text_pooling": ("mean", "cls")}
 
 
 def _lookup(config: ml_collections.ConfigDict, field: str, prefix: str = "") -> list[tuple[str, object]]:

@@ -48,3 +48,25 @@ def test_named_columns_of_a_table_and_a_missing_one_named(tmp_path):
     item_texts(_data_config(item_text_path=str(path), item_text_columns="title,blurb"), ["<pad>"])
   with pytest.raises(ItemTextError, match="no item text source"):
     item_texts(_data_config(format="sequence", path=str(path)), ["<pad>"])
+
+
+def test_a_training_job_embeds_the_item_text_it_names(tmp_path, monkeypatch, data_file):
+  from recattn_jax.data.loading import resolve_paths  # noqa: PLC0415
+  from recattn_jax.parallel import make_mesh  # noqa: PLC0415
+  from recattn_jax.training import tasks  # noqa: PLC0415
+  from tests.helpers import tiny_config  # noqa: PLC0415
+  from tests.test_text_encoder import write_tiny_checkpoint  # noqa: PLC0415
+
+  monkeypatch.setenv("RECATTN_EMBEDDING_DIR", str(tmp_path / "cache"))
+  table = tmp_path / "items.csv"
+  table.write_text("item_id,title\n" + "".join(f"{i},w{i % 30} w{(i * 7) % 30}\n" for i in range(1, 41)))
+  config = tiny_config(data_file)
+  config.data.update(text_model=str(write_tiny_checkpoint(tmp_path / "bert")), item_text_path=str(table),
+                     item_text_columns="title", text_max_length=8)
+  config.model.sasrec.item_representation = "both"
+  resolved = tasks.with_text_embeddings(resolve_paths(config.data))
+  matrix = np.load(resolved.text_embeddings_path)
+  assert matrix.shape[1] == 16 and str(tmp_path / "cache") in resolved.text_embeddings_path
+  job = tasks.build_job(config, make_mesh(num_devices=1))
+  assert job.stats["item_features"]["text"]["items_with_text"] == matrix.shape[0]
+  assert "content" in job.state.params["params"]["item_embed"]  # the text reaches the item encoder

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
+import pathlib
 from typing import Any, Callable
 
 import grain
@@ -26,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from recattn_jax.data.ctr import build_pointwise_data
+from recattn_jax.data.item_text import item_texts
 from recattn_jax.data.features import ItemFeatures, load_item_features
 from recattn_jax.data.loading import (load_interactions, load_split, load_split_features,
                                       load_user_profiles, resolve_paths)
@@ -38,6 +41,9 @@ from recattn_jax.evaluation.ctr import ctr_metrics, item_mean_baseline, rating_m
 from recattn_jax.models import build_encoder, build_pointwise_model, encoder_spec, init_encoder
 from recattn_jax.parallel import MODEL_AXIS, fetch, process_rows
 from recattn_jax.registry import Registry
+from recattn_jax.text import load_pretrained
+from recattn_jax.text.embed import cached_embeddings
+from recattn_jax.text.get_model import MODELS as TEXT_MODELS, fetch_model
 from recattn_jax.training import pointwise_task
 from recattn_jax.training.bundle import BundleData
 from recattn_jax.training.losses import LOSSES, next_item_loss_fn
@@ -46,6 +52,7 @@ from recattn_jax.training.steps import (TrainState, init_state, make_optimizer, 
                                         shard_batch)
 from recattn_jax.training.workdir import content_digest
 
+log = logging.getLogger(__name__)
 TASKS = Registry("task", "task")
 PROTOCOLS = {True: "seen_excluded", False: "all_items"}
 LOWER_IS_BETTER = ("RMSE", "MAE", "LogLoss")
@@ -127,6 +134,28 @@ def _ranking_data(data_config: ml_collections.ConfigDict) -> RankingData:
                      load_user_profiles(data_config, split))
 
 
+def with_text_embeddings(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`data.text_model` set: the items' text embedded (once, cached) and named as text_embeddings_path.
+
+  The cache file is keyed by the checkpoint, the texts and the settings
+  (`text.embed.cached_embeddings`), so a change to any of them embeds again and
+  the run identity sees another file.
+  """
+  name = data_config.get("text_model", "")
+  if not name or data_config.text_embeddings_path:
+    return data_config
+  split = load_split(data_config)
+  texts, stats = item_texts(data_config, split.item_ids)
+  model = load_pretrained(fetch_model(name) if name in TEXT_MODELS else pathlib.Path(name))
+  path = cached_embeddings(model, list(split.item_ids[1:]), texts[1:],
+                           max_length=data_config.text_max_length, pooling=data_config.text_pooling)
+  log.info("item text embeddings (%d items without text): %s", stats["items_without_text"], path)
+  resolved = ml_collections.ConfigDict(data_config.to_dict())
+  resolved.text_embeddings_path = str(path)
+  resolved.text_embeddings_ids_path = ""
+  return resolved
+
+
 def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray, *, sharded: bool):
   """The configured loss, and the items it may rank over (`train.negatives`)."""
   name = config.train.loss.name
@@ -147,7 +176,7 @@ def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray, *, 
 
 @TASKS.register("ranking", metrics=_ranking_metrics)
 def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
-  data_config = resolve_paths(config.data)
+  data_config = with_text_embeddings(resolve_paths(config.data))
   data = _ranking_data(data_config)
   split, max_len = data.split, data_config.max_len
 
