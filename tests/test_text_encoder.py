@@ -226,3 +226,46 @@ def test_minilm_in_bf16_stays_close(minilm):
   model = load_pretrained(minilm, dtype=jnp.bfloat16)
   got = model.embed(list(reference["sentences"]), max_length=128)
   assert _cosines(got, reference["mean"]).min() >= 0.999
+
+
+def test_lora_starts_at_the_pretrained_encoder_merges_exactly_and_trains_only_adapters():
+  from recattn_jax.text.bert import LoRAConfig, adapters_only, lora_mask, merge_lora  # noqa: PLC0415
+
+  tensors = random_checkpoint(TINY)
+  ids, mask = _batch()
+  plain = BertEncoder(TINY)
+  base = convert_weights(tensors, TINY, plain)
+  lora = LoRAConfig(rank=4, alpha=8.0, targets=("query", "value", "intermediate"))
+  adapted = BertEncoder(TINY, lora=lora)
+  params = convert_weights(tensors, TINY, adapted, seed=3)
+  want = plain.apply(base, ids, mask)
+  np.testing.assert_allclose(adapted.apply(params, ids, mask), want, rtol=1e-6, atol=1e-6)  # B = 0
+
+  # Non-zero adapters: equal to the plain encoder with W + (alpha / r) A B (numpy-merged reference).
+  rng = np.random.default_rng(4)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + rng.normal(0, 0.1, x.shape).astype(np.float32)
+      if str(path[-1].key) == "b" else x, params)
+  merged = merge_lora(params, lora)
+  np.testing.assert_allclose(adapted.apply(params, ids, mask), plain.apply(merged, ids, mask),
+                             rtol=1e-4, atol=1e-5)
+
+  trainable = lora_mask(params)
+  flat = jax.tree_util.tree_leaves_with_path(trainable)
+  adapters = [jax.tree_util.keystr(p) for p, t in flat if t]
+  assert adapters and all("_lora" in a for a in adapters)
+  count = lambda keep: sum(int(np.prod(x.shape)) for x, t in zip(jax.tree.leaves(params),
+                                                                 jax.tree.leaves(trainable)) if t == keep)
+  h, i, r = TINY.hidden_size, TINY.intermediate_size, 4
+  assert count(True) == TINY.num_hidden_layers * (2 * (h * r + r * h) + (h * r + r * i))
+  # Gradients flow into the adapters; `adapters_only` leaves the pretrained W untouched.
+  grads = jax.grad(lambda p: (adapted.apply(p, ids, mask, "mean", method="embed") ** 2).sum())(params)
+  assert float(np.abs(np.asarray(grads["params"]["layer_0"]["query_lora"]["a"])).sum()) > 0
+  import optax  # noqa: PLC0415
+  optimizer = adapters_only(optax.adamw(0.1, weight_decay=0.1), params)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new["params"]["layer_0"]["query"]["kernel"],
+                                params["params"]["layer_0"]["query"]["kernel"])
+  assert not np.array_equal(new["params"]["layer_0"]["query_lora"]["a"],
+                            params["params"]["layer_0"]["query_lora"]["a"])

@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from recattn_jax.attention import MaskSpec, attention_fn
 
@@ -54,16 +55,93 @@ _ACTIVATIONS = {"gelu": lambda x: nn.gelu(x, approximate=False),  # BERT's erf G
                 "gelu_new": lambda x: nn.gelu(x, approximate=True), "relu": nn.relu}
 
 
+LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+  """Low-rank adapters (Hu et al., 2021): W x + (alpha / rank) * B A x on the `targets` Dense layers.
+
+  A starts random and B at zero, so an adapted encoder starts exactly at the
+  pretrained one; only A and B train (`lora_mask`). rank 0: no adapters.
+  """
+
+  rank: int = 0
+  alpha: float = 16.0
+  targets: tuple[str, ...] = ("query", "value")
+
+  def __post_init__(self):
+    unknown = sorted(set(self.targets) - set(LORA_TARGETS))
+    if unknown:
+      raise ValueError(f"LoRA targets {unknown} are not layers of a BERT block; choose from {LORA_TARGETS}")
+    if self.rank < 0:
+      raise ValueError(f"LoRA rank must be >= 0, got {self.rank}")
+
+
+class LoRA(nn.Module):
+  """The low-rank update (alpha / rank) * x A B of one Dense layer ([in, rank] and [rank, out])."""
+
+  features: int
+  config: LoRAConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    rank = self.config.rank
+    a = self.param("a", nn.initializers.normal(stddev=1.0 / rank), (x.shape[-1], rank))
+    b = self.param("b", nn.initializers.zeros, (rank, self.features))
+    scale = self.config.alpha / rank
+    return ((x @ a.astype(self.dtype)) @ b.astype(self.dtype)) * scale
+
+
+def lora_mask(params: Any) -> Any:
+  """True at the adapters' leaves (what trains), False at the pretrained weights (frozen)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(str(getattr(k, "key", "")).endswith("_lora") for k in path), params)
+
+
+def adapters_only(optimizer: optax.GradientTransformation, params: Any) -> optax.GradientTransformation:
+  """`optimizer` on the adapters; the pretrained weights get zero updates (they stay frozen)."""
+  labels = jax.tree.map(lambda trains: "adapter" if trains else "frozen", lora_mask(params))
+  return optax.multi_transform({"adapter": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def merge_lora(params: Any, lora: LoRAConfig) -> Any:
+  """Parameters of the plain encoder whose Dense kernels are W + (alpha / rank) * A B."""
+  def merge(tree):
+    if not isinstance(tree, dict):
+      return tree
+    out = {}
+    for name, value in tree.items():
+      if name.endswith("_lora"):
+        continue
+      value = merge(value)
+      adapter = tree.get(name + "_lora")
+      if adapter is not None:
+        value = {**value, "kernel": value["kernel"] + (lora.alpha / lora.rank) * adapter["a"] @ adapter["b"]}
+      out[name] = value
+    return out
+  return merge(params)
+
+
 class BertLayer(nn.Module):
   config: BertConfig
   attention_impl: str = "xla"
   dtype: Any = jnp.float32
+  lora: LoRAConfig = LoRAConfig()
 
   @nn.compact
   def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool) -> jax.Array:
     c = self.config
     heads, width = c.num_attention_heads, c.hidden_size
-    dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
+
+    def dense(features, name):
+      base = nn.Dense(features, dtype=self.dtype, name=name)
+      if self.lora.rank and name in self.lora.targets:
+        adapter = LoRA(features, self.lora, self.dtype, name=name + "_lora")
+        return lambda y: base(y) + adapter(y)
+      return base
+
     norm = lambda name: nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name=name)
     split = lambda y: y.reshape(*y.shape[:2], heads, width // heads)
     q, k, v = (split(dense(width, name)(x)) for name in ("query", "key", "value"))
@@ -87,6 +165,7 @@ class BertEncoder(nn.Module):
   config: BertConfig
   attention_impl: str = "xla"
   dtype: Any = jnp.float32
+  lora: LoRAConfig = LoRAConfig()
 
   def setup(self):
     c = self.config
@@ -102,7 +181,7 @@ class BertEncoder(nn.Module):
                                           name="token_type_embeddings")
     self.embeddings_norm = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")
     self.embeddings_dropout = nn.Dropout(c.hidden_dropout_prob)
-    self.layers = [BertLayer(c, self.attention_impl, self.dtype, name=f"layer_{i}")
+    self.layers = [BertLayer(c, self.attention_impl, self.dtype, self.lora, name=f"layer_{i}")
                    for i in range(c.num_hidden_layers)]
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,

@@ -22,7 +22,7 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-from recattn_jax.text.bert import BertConfig, BertEncoder
+from recattn_jax.text.bert import BertConfig, BertEncoder, LoRAConfig
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
@@ -112,14 +112,21 @@ def _lookup(tensors: dict[str, np.ndarray], name: str) -> str | None:
 
 
 def convert_weights(tensors: dict[str, np.ndarray], config: BertConfig, module: BertEncoder,
-                    source: str = "model.safetensors") -> Any:
+                    source: str = "model.safetensors", seed: int = 0) -> Any:
   """`BertEncoder` parameters from a checkpoint's tensors; PretrainedError naming what does not fit."""
   ids = np.zeros((1, 2), np.int32)
   shapes = flax.traverse_util.flatten_dict(
       jax.eval_shape(module.init, jax.random.PRNGKey(0), ids, ids)["params"], sep="/")
   names = _checkpoint_names(config)
   params, used, problems = {}, set(), []
+  adapters = {path for path in shapes if "_lora/" in path}
+  if adapters:  # LoRA adapters are not in the checkpoint: fresh (B = 0, so the output is unchanged)
+    fresh = flax.traverse_util.flatten_dict(
+        jax.jit(module.init)(jax.random.PRNGKey(seed), ids, ids)["params"], sep="/")
+    params.update({path: np.asarray(fresh[path]) for path in adapters})
   for path, like in shapes.items():
+    if path in adapters:
+      continue
     name, transposed = names[path]
     found = _lookup(tensors, name)
     if found is None:
@@ -141,8 +148,9 @@ def convert_weights(tensors: dict[str, np.ndarray], config: BertConfig, module: 
 
 
 def load_pretrained(path: str | pathlib.Path, *, attention_impl: str = "xla",
-                    dtype: Any = np.float32) -> Pretrained:
-  """The checkpoint in folder `path` (see the module docstring)."""
+                    dtype: Any = np.float32, lora: LoRAConfig = LoRAConfig(),
+                    seed: int = 0) -> Pretrained:
+  """The checkpoint in folder `path` (see the module docstring); `lora`: adapters added, fresh."""
   import safetensors.numpy  # pylint: disable=import-outside-toplevel  # the "text" extra
   import tokenizers  # pylint: disable=import-outside-toplevel
 
@@ -155,12 +163,12 @@ def load_pretrained(path: str | pathlib.Path, *, attention_impl: str = "xla",
     config = BertConfig.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
   except (ValueError, TypeError) as e:
     raise PretrainedError(f"{path / 'config.json'}: {e}") from e
-  module = BertEncoder(config, attention_impl=attention_impl, dtype=dtype)
+  module = BertEncoder(config, attention_impl=attention_impl, dtype=dtype, lora=lora)
   try:
     tensors = safetensors.numpy.load_file(str(path / "model.safetensors"))
   except Exception as e:  # safetensors raises its own error types for damaged files
     raise PretrainedError(f"{path / 'model.safetensors'} could not be read ({e})") from e
-  params = convert_weights(tensors, config, module, str(path / "model.safetensors"))
+  params = convert_weights(tensors, config, module, str(path / "model.safetensors"), seed)
   try:
     tokenizer = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
   except Exception as e:  # tokenizers raises plain Exceptions
