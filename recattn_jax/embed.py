@@ -27,7 +27,8 @@ from recattn_jax.text.get_model import MODELS, fetch_model
 _CONFIG = config_flags.DEFINE_config_file("config", str(configs.path("sasrec_ml100k")),
                                           "A shipped config's name or a config file's path.")
 _MODEL = flags.DEFINE_string("model", "minilm", f"One of {sorted(MODELS)} or a checkpoint folder")
-_ATTENTION = flags.DEFINE_string("attention_impl", "auto", "attend implementation of the encoder")
+_ATTENTION = flags.DEFINE_string("attention_impl", "xla", "attend implementation of the encoder "
+                                 "(xla was the fastest on CPU: benchmarks/text_embed_bench.py)")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 64, "Tokens kept per item text")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Texts per batch")
 _POOLING = flags.DEFINE_enum("pooling", "mean", ["mean", "cls"], "Sentence vector")

@@ -16,6 +16,7 @@ stale matrix.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -40,6 +41,12 @@ def default_cache_dir() -> pathlib.Path:
                       or pathlib.Path.home() / ".cache" / "recattn_jax" / "embeddings")
 
 
+@functools.lru_cache(maxsize=16)
+def _embed_step(module, pooling: str):
+  """One jitted step per encoder and pooling, so repeated calls reuse the compiled shapes."""
+  return jax.jit(lambda params, ids, mask: module.apply(params, ids, mask, pooling, method="embed"))
+
+
 def embed_texts(model: Pretrained, texts: Sequence[str], *, batch_size: int = 64,
                 max_length: int = 128, pooling: str = "mean", bucket: bool = True,
                 progress: bool = True) -> np.ndarray:
@@ -47,7 +54,7 @@ def embed_texts(model: Pretrained, texts: Sequence[str], *, batch_size: int = 64
   ids, mask = model.tokenize(texts, max_length=max_length, pad_to=max_length)
   lengths = mask.sum(axis=1)
   order = np.argsort(lengths, kind="stable") if bucket else np.arange(len(texts))
-  step = jax.jit(lambda p, i, m: model.module.apply(p, i, m, pooling, method="embed"))
+  step = _embed_step(model.module, pooling)
   out = np.zeros((len(texts), model.config.hidden_size), np.float32)
   for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch",
                     disable=not progress, mininterval=2.0):
