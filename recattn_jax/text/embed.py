@@ -16,7 +16,6 @@ stale matrix.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -25,11 +24,10 @@ import pathlib
 import time
 from typing import Sequence
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
-from recattn_jax.text.pretrained import FILES, Pretrained
+from recattn_jax.text.pretrained import FILES, Pretrained, embed_step
 
 log = logging.getLogger(__name__)
 _LENGTH_MULTIPLE = 8
@@ -41,12 +39,6 @@ def default_cache_dir() -> pathlib.Path:
                       or pathlib.Path.home() / ".cache" / "recattn_jax" / "embeddings")
 
 
-@functools.lru_cache(maxsize=16)
-def _embed_step(module, pooling: str):
-  """One jitted step per encoder and pooling, so repeated calls reuse the compiled shapes."""
-  return jax.jit(lambda params, ids, mask: module.apply(params, ids, mask, pooling, method="embed"))
-
-
 def embed_texts(model: Pretrained, texts: Sequence[str], *, batch_size: int = 64,
                 max_length: int = 128, pooling: str = "mean", bucket: bool = True,
                 progress: bool = True) -> np.ndarray:
@@ -54,7 +46,7 @@ def embed_texts(model: Pretrained, texts: Sequence[str], *, batch_size: int = 64
   ids, mask = model.tokenize(texts, max_length=max_length, pad_to=max_length)
   lengths = mask.sum(axis=1)
   order = np.argsort(lengths, kind="stable") if bucket else np.arange(len(texts))
-  step = _embed_step(model.module, pooling)
+  step = embed_step(model.module, pooling)
   out = np.zeros((len(texts), model.config.hidden_size), np.float32)
   for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch",
                     disable=not progress, mininterval=2.0):

@@ -13,6 +13,7 @@ deterministic, truncated to `max_length`, padded with id 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import re
@@ -68,8 +69,13 @@ class Pretrained:
   def embed(self, texts: Sequence[str], *, pooling: str = "mean", max_length: int = 128) -> np.ndarray:
     """Sentence vectors [n, H] float32 of `texts` in one batch (see `text.embed` for catalogues)."""
     ids, mask = self.tokenize(texts, max_length)
-    return np.asarray(jax.jit(lambda p, i, m: self.module.apply(p, i, m, pooling, method="embed"))(
-        self.params, ids, mask))
+    return np.asarray(embed_step(self.module, pooling)(self.params, ids, mask))
+
+
+@functools.lru_cache(maxsize=16)
+def embed_step(module: BertEncoder, pooling: str):
+  """One jitted (params, ids, mask) -> vectors per encoder and pooling, so shapes compile once."""
+  return jax.jit(lambda params, ids, mask: module.apply(params, ids, mask, pooling, method="embed"))
 
 
 def tokenize(tokenizer, texts: Sequence[str], *, max_length: int = 128,
