@@ -90,42 +90,47 @@ def _python_version(python: str) -> tuple[int, int] | None:
   return int(major), int(minor)
 
 
-def find_python311() -> str:
-  """A Python 3.11 interpreter: $RECBOLE_PYTHON, python3.11 on PATH, or a pyenv install."""
+def find_python311(env_var: str = "RECBOLE_PYTHON", why: str = "RecBole 1.2.1 needs it here "
+                   "(its torch wheel is cp311)") -> str:
+  """A Python 3.11 interpreter: $`env_var`, python3.11 on PATH, or a pyenv install."""
   pyenv_root = os.environ.get("PYENV_ROOT", str(pathlib.Path.home() / ".pyenv"))
-  candidates = [os.environ.get("RECBOLE_PYTHON"), shutil.which("python3.11"),
+  candidates = [os.environ.get(env_var), shutil.which("python3.11"),
                 *sorted(glob.glob(f"{pyenv_root}/versions/3.11*/bin/python3"), reverse=True),
                 shutil.which("python3")]
   for candidate in filter(None, candidates):
     if _python_version(candidate) == (3, 11):
       return candidate
-  raise RuntimeError("RecBole 1.2.1 needs Python 3.11 here (its torch wheel is cp311); "
-                     "set RECBOLE_PYTHON to a 3.11 interpreter")
+  raise RuntimeError(f"no Python 3.11 found: {why}; set {env_var} to a 3.11 interpreter")
 
 
-def _venv_ready(python: pathlib.Path) -> bool:
+def ensure_venv(venv: pathlib.Path, *, install_steps, check: str, env: dict[str, str],
+                python311: Callable[[], str], label: str) -> pathlib.Path:
+  """A side venv's interpreter; creates or repairs the venv only when `check` fails in it."""
+  python = venv / "bin" / "python"
+
+  def ready() -> bool:
+    return python.exists() and subprocess.run(
+        [str(python), "-c", check], capture_output=True, text=True, env=env,
+        timeout=300).returncode == 0
+
+  if ready():
+    return python
   if not python.exists():
-    return False
-  probe = subprocess.run([str(python), "-c", RECBOLE_CHECK], capture_output=True, text=True,
-                         env=_child_env(), timeout=300)
-  return probe.returncode == 0
+    base = python311()
+    print(f"creating the {label} venv at {venv} from {base}", flush=True)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
+  for packages in install_steps:
+    print(f"pip install {' '.join(packages)} (into {venv})", flush=True)
+    subprocess.run([str(python), "-m", "pip", "install", *packages], check=True, env=env)
+  if not ready():
+    raise RuntimeError(f"{venv} still fails the check: {check}")
+  return python
 
 
 def ensure_recbole_venv(venv: pathlib.Path) -> pathlib.Path:
   """RecBole's interpreter; creates or repairs the venv only when the version check fails."""
-  python = venv / "bin" / "python"
-  if _venv_ready(python):
-    return python
-  if not python.exists():
-    base = find_python311()
-    print(f"creating RecBole venv at {venv} from {base}", flush=True)
-    subprocess.run([base, "-m", "venv", str(venv)], check=True)
-  for packages in RECBOLE_INSTALL_STEPS:
-    print(f"pip install {' '.join(packages)} (into {venv})", flush=True)
-    subprocess.run([str(python), "-m", "pip", "install", *packages], check=True, env=_child_env())
-  if not _venv_ready(python):
-    raise RuntimeError(f"{venv} still fails the check: {RECBOLE_CHECK}")
-  return python
+  return ensure_venv(venv, install_steps=RECBOLE_INSTALL_STEPS, check=RECBOLE_CHECK,
+                     env=_child_env(), python311=find_python311, label="RecBole")
 
 
 def _child_env(omp_wait_policy: str = "default") -> dict[str, str]:

@@ -46,6 +46,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from compare_recbole import _cpu_seconds  # noqa: E402  # busy CPU of the machine and of this process
 
 from recattn_jax.attention import IMPLEMENTATIONS  # noqa: E402
 from recattn_jax.config import get_default_config  # noqa: E402
@@ -95,17 +97,6 @@ def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def _cpu_seconds() -> tuple[float, float] | None:
-  """(busy CPU seconds of the whole machine, CPU seconds of this process)."""
-  try:
-    jiffies = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-  except (OSError, ValueError):
-    return None
-  busy = (sum(jiffies[:8]) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")
-  own = os.times()
-  return busy, own.user + own.system
 
 
 def _timed(fn):

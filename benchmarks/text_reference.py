@@ -30,10 +30,8 @@ not normalised), `cls` (last_hidden_state[:, 0], float32 [n, 384]) and
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +40,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 DEFAULT_VENV = BENCH / ".text-ref-venv"
 DEFAULT_OUT = REPO / "tests" / "fixtures" / "minilm_reference.npz"
+
+sys.path.insert(0, str(BENCH))
+from compare_recbole import ensure_venv, find_python311  # noqa: E402  # the same side-venv builder
 TORCH_VERSION = "2.13.0"
 TRANSFORMERS_VERSION = "5.24.0"
 INSTALL_STEPS = ((f"torch=={TORCH_VERSION}",),
@@ -84,29 +85,6 @@ SENTENCES = (
 
 # ------------------------------------------------------------- the side venv
 
-def _python_version(python: str) -> tuple[int, int] | None:
-  try:
-    out = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2])"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-  except (OSError, subprocess.SubprocessError):
-    return None
-  major, minor = out.split()
-  return int(major), int(minor)
-
-
-def find_python311() -> str:
-  """A Python 3.11 interpreter: $TEXT_REF_PYTHON, python3.11 on PATH, or a pyenv install."""
-  pyenv_root = os.environ.get("PYENV_ROOT", str(pathlib.Path.home() / ".pyenv"))
-  candidates = [os.environ.get("TEXT_REF_PYTHON"), shutil.which("python3.11"),
-                *sorted(glob.glob(f"{pyenv_root}/versions/3.11*/bin/python3"), reverse=True),
-                shutil.which("python3")]
-  for candidate in filter(None, candidates):
-    if _python_version(candidate) == (3, 11):
-      return candidate
-  raise RuntimeError("the reference venv needs Python 3.11 here (the local CPU torch wheel is "
-                     "cp311); set TEXT_REF_PYTHON to a 3.11 interpreter")
-
-
 def _child_env() -> dict[str, str]:
   dropped = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
   env = {k: v for k, v in os.environ.items() if k not in dropped}
@@ -115,29 +93,11 @@ def _child_env() -> dict[str, str]:
   return env
 
 
-def _venv_ready(python: pathlib.Path) -> bool:
-  if not python.exists():
-    return False
-  probe = subprocess.run([str(python), "-c", VENV_CHECK], capture_output=True, text=True,
-                         env=_child_env(), timeout=300)
-  return probe.returncode == 0
-
-
 def ensure_text_ref_venv(venv: pathlib.Path) -> pathlib.Path:
   """The reference interpreter; creates or repairs the venv only when the version check fails."""
-  python = venv / "bin" / "python"
-  if _venv_ready(python):
-    return python
-  if not python.exists():
-    base = find_python311()
-    print(f"creating the reference venv at {venv} from {base}", flush=True)
-    subprocess.run([base, "-m", "venv", str(venv)], check=True)
-  for packages in INSTALL_STEPS:
-    print(f"pip install {' '.join(packages)} (into {venv})", flush=True)
-    subprocess.run([str(python), "-m", "pip", "install", *packages], check=True, env=_child_env())
-  if not _venv_ready(python):
-    raise RuntimeError(f"{venv} still fails the check: {VENV_CHECK}")
-  return python
+  return ensure_venv(venv, install_steps=INSTALL_STEPS, check=VENV_CHECK, env=_child_env(),
+                     label="reference", python311=lambda: find_python311(
+                         "TEXT_REF_PYTHON", "the local CPU torch wheel is cp311"))
 
 
 # ------------------------------------------------- the half that runs in it
