@@ -160,3 +160,23 @@ def test_batches_that_do_not_divide_are_named(data_file, tmp_path):
     loop.train_and_evaluate(tiny_config(data_file, grad_accum_steps=3), tmp_path / "a")
   with pytest.raises(ValueError, match="train.batch_size / train.grad_accum_steps=2 must be divisible by the 4"):
     loop.train_and_evaluate(tiny_config(data_file, grad_accum_steps=8), tmp_path / "b")
+
+
+def test_distributed_settings_are_checked_before_anything_starts(monkeypatch):
+  from recattn_jax.parallel import initialize_distributed  # noqa: PLC0415
+
+  for name in ("COORDINATOR_ADDRESS", "NUM_PROCESSES", "PROCESS_ID"):
+    monkeypatch.delenv("RECATTN_" + name, raising=False)
+  monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
+  assert initialize_distributed() is False  # nothing configured: one process, nothing started
+  with pytest.raises(ValueError, match="needs the number of processes"):
+    initialize_distributed("127.0.0.1:1234")
+  with pytest.raises(ValueError, match="process_id=2 must lie in 0..1"):
+    initialize_distributed("127.0.0.1:1234", 2, 2)
+  with pytest.raises(ValueError, match="no coordinator address"):
+    initialize_distributed(None, 2, 1)
+  monkeypatch.setenv("RECATTN_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+  monkeypatch.setenv("RECATTN_NUM_PROCESSES", "2")
+  monkeypatch.setenv("RECATTN_PROCESS_ID", "5")
+  with pytest.raises(ValueError, match="process_id=5"):  # read from the environment
+    initialize_distributed()

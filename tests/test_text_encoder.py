@@ -269,3 +269,23 @@ def test_lora_starts_at_the_pretrained_encoder_merges_exactly_and_trains_only_ad
                                 params["params"]["layer_0"]["query"]["kernel"])
   assert not np.array_equal(new["params"]["layer_0"]["query_lora"]["a"],
                             params["params"]["layer_0"]["query_lora"]["a"])
+
+
+def test_an_incomplete_folder_and_bad_lora_settings_are_named(tmp_path):
+  from recattn_jax.text import load_pretrained  # noqa: PLC0415
+  from recattn_jax.text.bert import LoRAConfig  # noqa: PLC0415
+
+  folder = write_tiny_checkpoint(tmp_path / "model")
+  (folder / "tokenizer.json").unlink()
+  with pytest.raises(PretrainedError, match=r"not a BERT-family checkpoint folder: \['tokenizer.json'\]"):
+    load_pretrained(folder)
+  write_tiny_checkpoint(tmp_path / "other")
+  (tmp_path / "other" / "config.json").write_text('{"hidden_size": 16}')
+  with pytest.raises(PretrainedError, match="config.json: config.json has no vocab_size"):
+    load_pretrained(tmp_path / "other")
+  write_tiny_checkpoint(tmp_path / "broken")
+  (tmp_path / "broken" / "model.safetensors").write_bytes(b"not safetensors")
+  with pytest.raises(PretrainedError, match="model.safetensors could not be read"):
+    load_pretrained(tmp_path / "broken")
+  with pytest.raises(ValueError, match=r"LoRA targets \['qkv'\] are not layers"):
+    LoRAConfig(rank=4, targets=("qkv",))
