@@ -51,7 +51,7 @@ def test_named_columns_of_a_table_and_a_missing_one_named(tmp_path):
 
 
 def test_a_training_job_embeds_the_item_text_it_names(tmp_path, monkeypatch, data_file):
-  from recattn_jax.data.loading import resolve_paths  # noqa: PLC0415
+  from recattn_jax.data.loading import load_split, resolve_paths  # noqa: PLC0415
   from recattn_jax.parallel import make_mesh  # noqa: PLC0415
   from recattn_jax.training import tasks  # noqa: PLC0415
   from tests.helpers import tiny_config  # noqa: PLC0415
@@ -64,7 +64,8 @@ def test_a_training_job_embeds_the_item_text_it_names(tmp_path, monkeypatch, dat
   config.data.update(text_model=str(write_tiny_checkpoint(tmp_path / "bert")), item_text_path=str(table),
                      item_text_columns="title", text_max_length=8)
   config.model.sasrec.item_representation = "both"
-  resolved = tasks.with_text_embeddings(resolve_paths(config.data))
+  data_config = resolve_paths(config.data)
+  resolved = tasks.with_text_embeddings(data_config, load_split(data_config))
   matrix = np.load(resolved.text_embeddings_path)
   assert matrix.shape[1] == 16 and str(tmp_path / "cache") in resolved.text_embeddings_path
   job = tasks.build_job(config, make_mesh(num_devices=1))

@@ -96,7 +96,10 @@ def write_manifest(directory: pathlib.Path) -> None:
 
 
 def verify(directory: pathlib.Path) -> str | None:
-  """None when every file of the checkpoint matches its record, else what is wrong."""
+  """None when every file of the checkpoint matches its record, else what is wrong.
+
+  Raises CheckpointFormatError for an intact record of another format version.
+  """
   manifest = directory / MANIFEST
   if not manifest.is_file():
     return f"{manifest} is missing (the save did not complete, or another program wrote it)"

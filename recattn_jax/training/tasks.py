@@ -128,13 +128,17 @@ class RankingData:
   user_profiles: UserProfiles | None
 
 
-def _ranking_data(data_config: ml_collections.ConfigDict) -> RankingData:
+def _ranking_data(data_config: ml_collections.ConfigDict
+                  ) -> tuple[RankingData, ml_collections.ConfigDict]:
+  """The split and its features, and `data_config` naming the text embeddings it used."""
   split = load_split(data_config)
+  data_config = with_text_embeddings(data_config, split)
   return RankingData(split, load_split_features(data_config, split),
-                     load_user_profiles(data_config, split))
+                     load_user_profiles(data_config, split)), data_config
 
 
-def with_text_embeddings(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def with_text_embeddings(data_config: ml_collections.ConfigDict,
+                         split: Split) -> ml_collections.ConfigDict:
   """`data.text_model` set: the items' text embedded (once, cached) and named as text_embeddings_path.
 
   The cache file is keyed by the checkpoint, the texts and the settings
@@ -144,7 +148,6 @@ def with_text_embeddings(data_config: ml_collections.ConfigDict) -> ml_collectio
   name = data_config.get("text_model", "")
   if not name or data_config.text_embeddings_path:
     return data_config
-  split = load_split(data_config)
   texts, stats = item_texts(data_config, split.item_ids)
   model = load_pretrained(fetch_model(name) if name in TEXT_MODELS else pathlib.Path(name))
   path = cached_embeddings(model, list(split.item_ids[1:]), texts[1:],
@@ -176,8 +179,7 @@ def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray, *, 
 
 @TASKS.register("ranking", metrics=_ranking_metrics)
 def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
-  data_config = with_text_embeddings(resolve_paths(config.data))
-  data = _ranking_data(data_config)
+  data, data_config = _ranking_data(resolve_paths(config.data))
   split, max_len = data.split, data_config.max_len
 
   # The model, and what it reads and trains with.
