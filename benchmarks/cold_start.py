@@ -44,8 +44,9 @@ from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset
 from recattn_jax.evaluation import metrics_from_ranks  # noqa: E402
 from recattn_jax.models import SASRec, init_encoder  # noqa: E402
 from recattn_jax.parallel import make_mesh  # noqa: E402
-from recattn_jax.training.steps import (init_state, make_optimizer, make_rank_step,  # noqa: E402
-                                        make_train_step, next_item_loss, shard_batch)
+from recattn_jax.training.steps import (init_state, make_catalogue_step, make_optimizer,  # noqa: E402
+                                        make_rank_step, make_train_step, next_item_loss,
+                                        shard_batch)
 
 # Variant name -> (item representation, id dropout).
 VARIANTS = {"id": ("id", 0.0), "content": ("content", 0.0), "both": ("both", 0.0),
@@ -112,12 +113,13 @@ def run(variant: str, *, data, train, sets, features, args) -> dict:
   batches.close()
   train_seconds = time.time() - start
   rank_step = make_rank_step(model, mesh, item_chunk=4096, ties="pessimistic")
+  table = make_catalogue_step(model, mesh)(state.params)
   out = {"train_seconds": train_seconds, "steps": total}
   for name, (histories, targets) in sets.items():
     ranks = []
     for batch in eval_batches(histories, targets, max_len=args.max_len, batch_size=256):
       n = int(batch["weight"].sum())
-      ranks.append(np.asarray(rank_step(state.params, shard_batch(batch, mesh))[0])[:n])
+      ranks.append(np.asarray(rank_step(state.params, table, shard_batch(batch, mesh))[0])[:n])
     ranks = np.concatenate(ranks)
     out[name] = {**metrics_from_ranks(ranks, (10,)), "mean_rank": float(ranks.mean()),
                  "examples": len(targets)}

@@ -67,9 +67,9 @@ from recattn_jax.models import build_encoder, init_encoder  # noqa: E402
 from recattn_jax.models.item_encoder import table_rows  # noqa: E402
 from recattn_jax.parallel import MODEL_AXIS, batch_sharding, make_mesh, tree_shardings  # noqa: E402
 from recattn_jax.training.losses import next_item_loss_fn  # noqa: E402
-from recattn_jax.training.steps import (TrainState, init_state, make_optimizer,  # noqa: E402
-                                        make_top_k_step, make_train_step, next_item_loss,
-                                        shard_batch)
+from recattn_jax.training.steps import (TrainState, init_state, make_catalogue_step,  # noqa: E402
+                                        make_optimizer, make_top_k_step, make_train_step,
+                                        next_item_loss, shard_batch)
 
 GIB = 2 ** 30
 MIB = 2 ** 20
@@ -304,16 +304,17 @@ def time_topk(setup: Setup, params, catalogue: Catalogue, args):
   top_k_step = make_top_k_step(setup.model, setup.mesh, k=args.k, item_chunk=args.item_chunk)
   batches = [shard_batch(catalogue.topk_batch(args.topk_users), setup.mesh)
              for _ in range(args.topk_batches + 1)]
+  table = make_catalogue_step(setup.model, setup.mesh)(params)
   start = time.perf_counter()
-  compiled = top_k_step.lower(params, batches[0]).compile()
+  compiled = top_k_step.lower(params, table, batches[0]).compile()
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
-  first = np.asarray(compiled(params, batches[0]))
+  first = np.asarray(compiled(params, table, batches[0]))
   first_s = time.perf_counter() - start
   times = []
   for batch in batches[1:]:
     start = time.perf_counter()
-    ids = np.asarray(compiled(params, batch))
+    ids = np.asarray(compiled(params, table, batch))
     times.append(time.perf_counter() - start)
   # Sanity: ids are real items and never an excluded (seen) one.
   host = {k: np.asarray(v) for k, v in batches[-1].items()}

@@ -18,8 +18,9 @@ from recattn_jax.evaluation import metrics_from_ranks
 from recattn_jax.models import SASRec, init_encoder
 from recattn_jax.models.item_encoder import TABLE_ROW_MULTIPLE, ItemEncoder, table_rows
 from recattn_jax.parallel import make_mesh
-from recattn_jax.training.steps import (init_state, make_optimizer, make_rank_step,
-                                        make_train_step, next_item_loss, shard_batch)
+from recattn_jax.training.steps import (init_state, make_catalogue_step, make_optimizer,
+                                        make_rank_step, make_train_step, next_item_loss,
+                                        shard_batch)
 
 N = 12
 D = 16
@@ -237,7 +238,8 @@ def train_and_rank(representation, num_items, train, histories, targets, feature
     state, _ = train_step(state, shard_batch(next(batches), mesh))
   rank_step = make_rank_step(model, mesh, item_chunk=64, ties="pessimistic")
   batch = next(eval_batches(histories, targets, max_len=8, batch_size=len(targets)))
-  return np.asarray(rank_step(state.params, shard_batch(batch, mesh))[0])
+  table = make_catalogue_step(model, mesh)(state.params)
+  return np.asarray(rank_step(state.params, table, shard_batch(batch, mesh))[0])
 
 
 def test_cold_items_are_recommended_from_content_but_not_by_id():

@@ -262,7 +262,7 @@ def test_lora_starts_at_the_pretrained_encoder_merges_exactly_and_trains_only_ad
   grads = jax.grad(lambda p: (adapted.apply(p, ids, mask, "mean", method="embed") ** 2).sum())(params)
   assert float(np.abs(np.asarray(grads["params"]["layer_0"]["query_lora"]["a"])).sum()) > 0
   import optax  # noqa: PLC0415
-  optimizer = adapters_only(optax.adamw(0.1, weight_decay=0.1), params)
+  optimizer = adapters_only(optax.adamw(0.1, weight_decay=0.1))
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   new = optax.apply_updates(params, updates)
   np.testing.assert_array_equal(new["params"]["layer_0"]["query"]["kernel"],

@@ -84,6 +84,12 @@ class ItemFeatures:
     trained: bool [N + 1] or None: items with at least one training event (see
       `with_trained_items`). `ItemEncoder(representation="both")` gives the other
       items a content-only vector; None means every item counts as trained.
+    text_tokens: int32 [N + 1, T] or None: token ids of each item's text (0 =
+      padding), for a text encoder trained with the model (`ItemEncoder`'s
+      text tower); needs `text_embeddings` (the same encoder's frozen vectors)
+      and `text_encoder`.
+    text_encoder: the tower's settings or None: {"bert": BertConfig fields,
+      "pooling": "mean" | "cls"} (json, so a bundle rebuilds the tower).
     item_ids: original item id of each row (item_ids[0] = "<pad>"), for tracing a
       row back to its source; optional.
     stats: counts of what was read, missing or cut, for logs and results.json.
@@ -95,6 +101,8 @@ class ItemFeatures:
   text_embeddings: np.ndarray | None = None
   text_mask: np.ndarray | None = None
   trained: np.ndarray | None = None
+  text_tokens: np.ndarray | None = None
+  text_encoder: dict | None = None
   item_ids: np.ndarray | None = None
   stats: dict = dataclasses.field(default_factory=dict)
 
@@ -109,12 +117,14 @@ class ItemFeatures:
       self.text_mask = _own(self.text_mask, bool)
     if self.trained is not None:
       self.trained = _own(self.trained, bool)
+    if self.text_tokens is not None:
+      self.text_tokens = _own(self.text_tokens, np.int32)
     self._validate()
     # Compiled functions capture these arrays as constants; an in-place edit
     # afterwards would silently diverge from them.
     for _, _, array in self._arrays():
       array.setflags(write=False)
-    for array in (self.text_mask, self.trained):
+    for array in (self.text_mask, self.trained, self.text_tokens):
       if array is not None:
         array.setflags(write=False)
 
@@ -236,6 +246,14 @@ class ItemFeatures:
       raise ValueError("ItemFeatures: text_mask and text_embeddings differ in rows")
     if self.text_mask is not None and self.text_mask[0]:
       raise ValueError("ItemFeatures: text_mask[0] (padding) must be False")
+    if self.text_tokens is not None:
+      if self.text_embeddings is None or self.text_encoder is None:
+        raise ValueError("ItemFeatures: text_tokens need text_embeddings and text_encoder")
+      if self.text_tokens.ndim != 2 or len(self.text_tokens) != len(self.text_embeddings):
+        raise ValueError(f"ItemFeatures: text_tokens must be [N + 1, T] like text_embeddings' "
+                         f"{len(self.text_embeddings)} rows, got {self.text_tokens.shape}")
+      if np.any(self.text_tokens[0] != 0):
+        raise ValueError("ItemFeatures: text_tokens row 0 (padding) must be all zero")
     if self.item_ids is not None and rows is not None and len(self.item_ids) != rows:
       raise ValueError(f"ItemFeatures: item_ids has {len(self.item_ids)} entries, arrays {rows} rows")
     if self.trained is not None and rows is not None and len(self.trained) != rows:

@@ -32,6 +32,7 @@ from recattn_jax.models.item_encoder import ITEM_ENCODERS, table_rows
 from recattn_jax.models.registry import ENCODERS
 from recattn_jax.models.transformer import head_dim
 from recattn_jax.models.user_context import UserContext, check_users
+from recattn_jax.text.bert import LoRAConfig
 
 # Fields the data decides (catalogue, features, users), not the config.
 DATA_FIELDS = frozenset({"num_items", "max_len", "item_features", "user_profiles"})
@@ -45,6 +46,7 @@ class Encoder(Protocol):
   max_len: int
   user_profiles: UserProfiles | None
   has_item_bias: bool
+  has_text_tower: bool
   mask_id: int | None
 
   def __call__(self, items: jax.Array, segment_ids: jax.Array | None = None, *,
@@ -106,7 +108,12 @@ class SequenceEncoder(nn.Module):
     item_representation: "id", "content" or "both" (`ItemEncoder`); "content"
       and "both" need `item_features`.
     item_id_dropout: "both": treat trained items as cold at this rate (DropoutNet).
-    item_attention_impl: the engine of the item content encoder's self-attention.
+    item_attention_impl: the engine of the item content encoder's self-attention
+      and of the text tower's.
+    item_text_lora_rank, item_text_lora_alpha, item_text_lora_targets: rank > 0
+      fine-tunes the pretrained text encoder (data.text_model) with these LoRA
+      adapters as the items' output-side text tower (`text_tower.TextTower`);
+      it trains with a candidate loss (train.loss.name="mixed_softmax").
     user_profiles: a per-user context added to every event (`user_context.py`).
   """
 
@@ -122,6 +129,9 @@ class SequenceEncoder(nn.Module):
   item_representation: str = "id"
   item_id_dropout: float = 0.0
   item_attention_impl: str = "xla"
+  item_text_lora_rank: int = 0
+  item_text_lora_alpha: float = 16.0
+  item_text_lora_targets: tuple[str, ...] = ("query", "value")
   item_features: ItemFeatures | None = None
   user_profiles: UserProfiles | None = None
 
@@ -130,6 +140,10 @@ class SequenceEncoder(nn.Module):
   uses_positions: ClassVar[bool] = True  # learned position embeddings
   scale_embeddings: ClassVar[bool] = True  # item vectors * sqrt(embed_dim)
   mask_id: ClassVar[int | None] = None  # the cloze mask token's input id, if any
+
+  @property
+  def has_text_tower(self) -> bool:
+    return self.item_text_lora_rank > 0
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -147,7 +161,9 @@ class SequenceEncoder(nn.Module):
     self.item_embed = ITEM_ENCODERS.get(self.item_representation)(
         self.num_items, self.embed_dim, item_features=self.item_features,
         id_dropout=self.item_id_dropout, attention_fn=attention_fn(self.item_attention_impl),
-        name="item_embed")
+        text_lora=LoRAConfig(self.item_text_lora_rank, self.item_text_lora_alpha,
+                             tuple(self.item_text_lora_targets)),
+        text_attention_impl=self.item_attention_impl, name="item_embed")
     if self.uses_positions:
       self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
                                 embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")
@@ -229,14 +245,25 @@ class SequenceEncoder(nn.Module):
     x = self.input_dropout(self.normalize_embeddings(x), deterministic=deterministic)
     return (x * layout.valid[..., None]).astype(self.compute_dtype)
 
-  def item_embeddings(self, deterministic: bool = True, padded: bool = False) -> jax.Array:
+  def item_embeddings(self, deterministic: bool = True, padded: bool = False,
+                      text_vectors: jax.Array | None = None) -> jax.Array:
     """[num_items + 1, D]; row 0 is padding and is never a valid prediction.
 
     With `deterministic=False` the item encoder's id dropout (if any) applies.
     `padded`: all `table_rows(num_items)` rows, for a table split over devices
     (the rows past num_items must then be masked by the caller).
+    `text_vectors`: the text tower's output for every item (`scoring.item_table`).
     """
-    return self.item_embed.table(deterministic=deterministic, padded=padded)
+    return self.item_embed.table(deterministic=deterministic, padded=padded,
+                                 text_vectors=text_vectors)
+
+  def item_vectors(self, ids: jax.Array, deterministic: bool = True) -> jax.Array:
+    """The output-side vectors [n, D] of item `ids` [n] alone (a candidate loss's candidates)."""
+    return self.item_embed.item_vectors(ids, deterministic=deterministic)
+
+  def item_text_vectors(self, rows: jax.Array) -> jax.Array:
+    """The text tower's vectors [n, H] of item `rows` [n]."""
+    return self.item_embed.text_vectors(rows)
 
   def item_bias(self, padded: bool = False) -> jax.Array:
     """[num_items + 1] (`padded`: [table_rows]) float32 output bias added to every score (zeros without one)."""

@@ -23,7 +23,9 @@ import jax.numpy as jnp
 from recattn_jax.attention import AttentionFn, MaskSpec, attention_fn
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.models.registry import ITEM_ENCODERS
+from recattn_jax.models.text_tower import TextTower
 from recattn_jax.models.transformer import head_dim
+from recattn_jax.text.bert import LoRAConfig
 
 REPRESENTATIONS = ("id", "content", "both")
 # Per-item parameters hold a multiple of this many rows (the rest are never read),
@@ -74,8 +76,12 @@ class ContentEncoder(nn.Module):
     self.output = nn.Dense(self.features, kernel_init=nn.initializers.variance_scaling(
         0.02 ** 2, "fan_in", "normal"))
 
-  def tokens(self, rows: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """[n, T, D] token vectors and [n, T] validity for item `rows` [n] (None: every row)."""
+  def tokens(self, rows: jax.Array | None,
+             text_vectors: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """[n, T, D] token vectors and [n, T] validity for item `rows` [n] (None: every row).
+
+    `text_vectors` [n, E] replace the rows' stored text embeddings (a text tower's output).
+    """
     item_features = self.item_features
 
     def pick(array):
@@ -89,7 +95,9 @@ class ContentEncoder(nn.Module):
       vectors.append(self.embeds[name](ids) + self.field_embedding[index])
       valid.append(ids > 0)
     if item_features.text_embeddings is not None:
-      text = self.text_projection(pick(item_features.text_embeddings))[:, None]
+      if text_vectors is None:
+        text_vectors = pick(item_features.text_embeddings)
+      text = self.text_projection(text_vectors)[:, None]
       vectors.append(text + self.field_embedding[len(item_features.fields)])
       valid.append(pick(item_features.text_mask)[:, None])
     n = item_features.num_rows if rows is None else rows.shape[0]
@@ -97,9 +105,10 @@ class ContentEncoder(nn.Module):
     valid.insert(0, jnp.ones((n, 1), bool))
     return jnp.concatenate(vectors, axis=1), jnp.concatenate(valid, axis=1)
 
-  def __call__(self, rows: jax.Array | None = None) -> jax.Array:
+  def __call__(self, rows: jax.Array | None = None,
+               text_vectors: jax.Array | None = None) -> jax.Array:
     """[n, D] for item `rows` [n] (None: the whole catalogue, [N + 1, D])."""
-    x, valid = self.tokens(rows)
+    x, valid = self.tokens(rows, text_vectors)
     qkv = self.qkv(self.attention_norm(x))
     attended = self.attention_fn(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
                                  mask=MaskSpec(kv_valid=valid))
@@ -131,6 +140,13 @@ class ItemEncoder(nn.Module):
   drawn in training mode when the training step asks for it
   (`table(deterministic=False)`).
 
+  `text_lora` with rank > 0 adds a text tower (`text_tower.TextTower`): a
+  pretrained text encoder with LoRA adapters whose output replaces the stored
+  text embedding on the output side (`item_vectors`, `table`), so the
+  recommender fine-tunes it; the input side (`__call__`, history items) keeps
+  the stored, frozen vectors, as running the tower on every history event
+  would cost a BERT pass per event.
+
   Features enter the computation as constants: small int arrays cost nothing,
   but a text-embedding matrix is copied into every compiled function that uses
   the encoder (train step, ranking step) and held in device memory by each; a
@@ -143,6 +159,8 @@ class ItemEncoder(nn.Module):
     item_features: required for "content" and "both"; validated against num_items.
     representation: one of REPRESENTATIONS.
     id_dropout: probability of dropping a trained item's id row ("both" only).
+    text_lora: the text tower's adapters (rank 0: no tower).
+    text_attention_impl: the engine of the text tower's attention.
     content_heads, attention_fn: of the content encoder's self-attention. An
       item's token set is short (tens), where one dense softmax ("xla") beats the
       tiled engines "auto" would pick on CPU.
@@ -155,6 +173,12 @@ class ItemEncoder(nn.Module):
   id_dropout: float = 0.0
   content_heads: int = 2
   attention_fn: AttentionFn = attention_fn("xla")
+  text_lora: LoRAConfig = LoRAConfig()
+  text_attention_impl: str = "xla"
+
+  @property
+  def has_text_tower(self) -> bool:
+    return self.text_lora.rank > 0
 
   def setup(self):
     if self.representation not in REPRESENTATIONS:
@@ -170,6 +194,13 @@ class ItemEncoder(nn.Module):
                          "(set data.item_features_path and/or data.text_embeddings_path)")
       self.content = ContentEncoder(self.item_features, self.features, self.content_heads,
                                     self.attention_fn, name="content")
+    if self.has_text_tower:
+      if self.representation == "id" or self.item_features.text_embeddings is None:
+        raise ValueError("a text tower (model.*.item_text_lora_rank > 0) needs "
+                         "item_representation 'content' or 'both' and text embeddings "
+                         "(data.text_model)")
+      self.text_tower = TextTower(self.item_features, self.text_lora, self.text_attention_impl,
+                                  name="text_tower")
     if self.representation != "content":
       # Rows past num_items are padding for sharding; initialising them draws the
       # same values for rows 0..num_items as an unpadded table would.
@@ -181,11 +212,12 @@ class ItemEncoder(nn.Module):
       return self.embedding[:self.num_items + 1]
     return jnp.take(self.embedding, rows, axis=0)
 
-  def _rows(self, rows: jax.Array | None, deterministic: bool) -> jax.Array:
+  def _rows(self, rows: jax.Array | None, deterministic: bool,
+            text_vectors: jax.Array | None = None) -> jax.Array:
     """Vectors of item `rows` [n] (None: all), computed for those rows only."""
     if self.representation == "id":
       return self._id_rows(rows)
-    content = self.content(rows)
+    content = self.content(rows, text_vectors)
     if self.representation == "content":
       return content
     ids = self._id_rows(rows)
@@ -198,22 +230,39 @@ class ItemEncoder(nn.Module):
     return ids * keep[:, None] + content
 
   def __call__(self, ids: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Input-side vectors of `ids` (any shape); a text tower is not run here (see the class doc)."""
+    if self.has_text_tower and self.is_initializing():
+      self.text_tower(jnp.zeros((1,), jnp.int32))  # create its parameters
     if self.representation == "id":
       return jnp.take(self.embedding, ids, axis=0)
     # Encoding the catalogue once is cheaper than encoding more lookups than it has rows.
     if ids.size >= self.num_items + 1:
-      return jnp.take(self.table(deterministic=deterministic), ids, axis=0)
+      return jnp.take(self._rows(None, deterministic), ids, axis=0)
     return self._rows(ids.reshape(-1), deterministic).reshape(*ids.shape, self.features)
 
-  def table(self, *, deterministic: bool = True, padded: bool = False) -> jax.Array:
+  def item_vectors(self, ids: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Output-side vectors [n, D] of `ids` [n], through the text tower when there is one."""
+    text = self.text_tower(ids, deterministic) if self.has_text_tower else None
+    return self._rows(ids, deterministic, text)
+
+  def text_vectors(self, rows: jax.Array) -> jax.Array:
+    """The text tower's vectors [n, H] of item `rows` [n] (deterministic)."""
+    return self.text_tower(rows)
+
+  def table(self, *, deterministic: bool = True, padded: bool = False,
+            text_vectors: jax.Array | None = None) -> jax.Array:
     """[N + 1, D], or with `padded` [table_rows(N), D] (zero or unused rows past N).
 
     A table split by rows over devices is used `padded`: cutting it to N + 1
-    rows would leave the shards uneven, and XLA would gather it.
+    rows would leave the shards uneven, and XLA would gather it. With a text
+    tower, `text_vectors` [N + 1, H] are its output for every row (computed
+    in one batch when not given; `scoring.item_table` computes them in chunks).
     """
     if padded and self.representation == "id":
       return self.embedding
-    table = self._rows(None, deterministic)
+    if self.has_text_tower and text_vectors is None:
+      text_vectors = self.text_tower(jnp.arange(self.num_items + 1), deterministic)
+    table = self._rows(None, deterministic, text_vectors)
     if padded:
       table = jnp.pad(table, ((0, table_rows(self.num_items) - table.shape[0]), (0, 0)))
     return table

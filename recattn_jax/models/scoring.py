@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from recattn_jax.models.base import Encoder
+from recattn_jax.models.item_encoder import TABLE_ROW_MULTIPLE, table_rows
 
 # Batch keys an encoder may read besides "inputs" and "segment_ids".
 OPTIONAL_KEYS = ("timestamps", "users")
@@ -73,6 +74,25 @@ def fold_item_bias(hidden: jax.Array, table: jax.Array,
           jnp.concatenate([table, bias[:, None].astype(table.dtype)], axis=-1))
 
 
+def catalogue_text_vectors(model: Encoder, params) -> jax.Array:
+  """The text tower's vectors [N + 1, H] of every item, TABLE_ROW_MULTIPLE items at a time.
+
+  A scan over chunks keeps one chunk's BERT activations alive at a time, so
+  refreshing a large catalogue fits where one batch of it would not.
+  """
+  rows = jnp.minimum(jnp.arange(table_rows(model.num_items)), model.num_items)
+  chunks = rows.reshape(-1, TABLE_ROW_MULTIPLE)
+  vectors = jax.lax.map(lambda chunk: model.apply(params, chunk, method="item_text_vectors"), chunks)
+  return vectors.reshape(-1, vectors.shape[-1])[:model.num_items + 1]
+
+
+def item_table(model: Encoder, params, *, padded: bool = False, **kwargs) -> jax.Array:
+  """`item_embeddings` [N + 1, D], with a text tower's vectors refreshed for the whole catalogue."""
+  if model.has_text_tower:
+    kwargs["text_vectors"] = catalogue_text_vectors(model, params)
+  return model.apply(params, method="item_embeddings", padded=padded, **kwargs)
+
+
 def scoring_inputs(model: Encoder, params, hidden: jax.Array, *, padded: bool = False,
                    **kwargs) -> tuple[jax.Array, jax.Array]:
   """(hidden, table) whose dot products are the model's item scores (an output bias folded in).
@@ -81,15 +101,15 @@ def scoring_inputs(model: Encoder, params, hidden: jax.Array, *, padded: bool = 
   past num_items must be masked). `kwargs` (deterministic=False, rngs=...)
   reach `item_embeddings`, for item id dropout.
   """
-  table = model.apply(params, method="item_embeddings", padded=padded, **kwargs)
+  table = item_table(model, params, padded=padded, **kwargs)
   if model.has_item_bias:
     return fold_item_bias(hidden, table, model.apply(params, method="item_bias", padded=padded))
   return hidden, table
 
 
-def scoring_table(model: Encoder, params) -> jax.Array:
-  """The table of `scoring_inputs` alone, to compute once when serving many requests."""
-  return scoring_inputs(model, params, jnp.zeros((1, 1), jnp.float32))[1]
+def scoring_table(model: Encoder, params, *, padded: bool = False) -> jax.Array:
+  """The table of `scoring_inputs` alone, to compute once for many requests or evaluation batches."""
+  return scoring_inputs(model, params, jnp.zeros((1, 1), jnp.float32), padded=padded)[1]
 
 
 def scoring_users(model: Encoder, hidden: jax.Array) -> jax.Array:

@@ -14,7 +14,7 @@ token).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -100,10 +100,20 @@ def lora_mask(params: Any) -> Any:
       lambda path, _: any(str(getattr(k, "key", "")).endswith("_lora") for k in path), params)
 
 
-def adapters_only(optimizer: optax.GradientTransformation, params: Any) -> optax.GradientTransformation:
+def freeze(optimizer: optax.GradientTransformation,
+           is_frozen: Callable[[Any], Any]) -> optax.GradientTransformation:
+  """`optimizer` on the parameters `is_frozen(params)` marks False; the others get zero updates.
+
+  Frozen parameters get no optimizer state (no Adam moments for a pretrained encoder).
+  """
+  labels = lambda params: jax.tree.map(lambda frozen: "frozen" if frozen else "train",
+                                       is_frozen(params))
+  return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def adapters_only(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
   """`optimizer` on the adapters; the pretrained weights get zero updates (they stay frozen)."""
-  labels = jax.tree.map(lambda trains: "adapter" if trains else "frozen", lora_mask(params))
-  return optax.multi_transform({"adapter": optimizer, "frozen": optax.set_to_zero()}, labels)
+  return freeze(optimizer, lambda p: jax.tree.map(lambda trains: not trains, lora_mask(p)))
 
 
 def merge_lora(params: Any, lora: LoRAConfig) -> Any:

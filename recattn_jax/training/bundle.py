@@ -92,6 +92,9 @@ def _unragged(arrays, prefix: str) -> list[np.ndarray] | None:
   return [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
+_OPTIONAL_FEATURES = ("text_embeddings", "text_mask", "trained", "text_tokens")
+
+
 def _arrays(data: BundleData) -> tuple[dict[str, np.ndarray], dict]:
   """(npz arrays, the json side of features and profiles)."""
   arrays = {"popularity": np.asarray(data.popularity, np.int64),
@@ -107,10 +110,11 @@ def _arrays(data: BundleData) -> tuple[dict[str, np.ndarray], dict]:
       arrays[f"features/categorical/{field}"] = values
     for field, values in features.tokens.items():
       arrays[f"features/tokens/{field}"] = values
-    for name in ("text_embeddings", "text_mask", "trained"):
+    for name in _OPTIONAL_FEATURES:
       if getattr(features, name) is not None:
         arrays[f"features/{name}"] = getattr(features, name)
-    meta["item_features"] = {"vocab_sizes": features.vocab_sizes, "stats": features.stats}
+    meta["item_features"] = {"vocab_sizes": features.vocab_sizes, "stats": features.stats,
+                             "text_encoder": features.text_encoder}
   if data.user_profiles is not None:
     arrays["profiles/items"] = data.user_profiles.items
     arrays["profiles/weights"] = data.user_profiles.weights
@@ -124,11 +128,12 @@ def _features(arrays, meta: dict, item_ids: np.ndarray) -> ItemFeatures | None:
   def fields(kind):
     prefix = f"features/{kind}/"
     return {key[len(prefix):]: arrays[key] for key in arrays.files if key.startswith(prefix)}
-  optional = {name: arrays[f"features/{name}"] for name in ("text_embeddings", "text_mask", "trained")
+  optional = {name: arrays[f"features/{name}"] for name in _OPTIONAL_FEATURES
               if f"features/{name}" in arrays.files}
   return ItemFeatures(categorical=fields("categorical"), tokens=fields("tokens"),
                       vocab_sizes=meta["item_features"]["vocab_sizes"], item_ids=item_ids,
-                      stats=meta["item_features"]["stats"], **optional)
+                      stats=meta["item_features"]["stats"],
+                      text_encoder=meta["item_features"].get("text_encoder"), **optional)
 
 
 def _json_default(value):

@@ -17,6 +17,10 @@ whose keyword arguments are its config fields (`train.loss.<name>.*`), built by
       - "uniform": `num_negatives` items drawn uniformly from 1..N, shared
         by every position; Q = 1/N.
     Negatives equal to the position's target ("accidental hits") are removed.
+  * "mixed_softmax": sampled softmax over candidate vectors: sampled positions'
+    targets + `num_negatives` uniform items, log-Q by expected counts
+    (`CandidateLoss`); only the candidates' item vectors are computed, which
+    is what a costly item tower (a fine-tuned text encoder) needs.
   * "bce": SASRec's binary cross-entropy: per position
     -log sigma(s+) - sum_k log(1 - sigma(s_k)) with `num_negatives`
     (default 1) negatives drawn uniformly from the items other than the target.
@@ -33,6 +37,7 @@ restricts the items it ranges over (`train.negatives="trained"`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -146,31 +151,51 @@ def sampled_softmax(hidden: jax.Array, item_table: jax.Array, targets: jax.Array
   return weighted_mean(jax.nn.logsumexp(logits, axis=-1) - pos, weight)
 
 
+def mixed_softmax(hidden: jax.Array, candidates: jax.Array, candidate_ids: jax.Array,
+                  targets: jax.Array, weight: jax.Array, *, uniform_count: float = 0.0,
+                  logq_correction: bool = True) -> jax.Array:
+  """Cross-entropy of M positions over candidate vectors: their own targets, then sampled items.
+
+  Mixed negative sampling (Yang et al., WWW 2020) for item towers too costly
+  to run on the whole catalogue: the item vectors are computed only for the
+  candidates. Column m (m < M) is position m's target, the columns after it
+  are `uniform_count`-rate uniform draws. A position's positive is its own
+  column; other columns with the same item are accidental hits and are
+  removed. With `logq_correction` every logit has log E[count] subtracted, the
+  item's expected number of columns: its count among the real positions'
+  targets plus `uniform_count` (= K / N), so that the sum over columns
+  estimates the full softmax's partition function.
+
+  Args:
+    hidden: [M, D]; targets, weight: [M] (weight 0: padding, not a column).
+    candidates: [M + K, D] vectors of `candidate_ids` [M + K] (id 0: ignored).
+  """
+  m = targets.shape[0]
+  real = jnp.concatenate([weight > 0, candidate_ids[m:] > 0])
+  logits = _scores(hidden, candidates, "md,cd->mc")
+  same = targets[:, None] == candidate_ids[None, :]
+  if logq_correction:
+    in_batch = candidate_ids[:, None] == targets[None, :]
+    count = jnp.sum(in_batch & (weight > 0)[None, :], axis=1).astype(jnp.float32) + uniform_count
+    logits = logits - jnp.log(jnp.maximum(count, 1e-30))[None, :]
+  own = jnp.eye(m, candidate_ids.shape[0], dtype=bool)
+  logits = jnp.where((real[None, :] & ~same) | own, logits, _MASKED)
+  ce = jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits)
+  return weighted_mean(ce, weight)
+
+
 def in_batch_softmax(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
                      weight: jax.Array, *, logq_correction: bool = True) -> jax.Array:
-  """Sampled softmax whose negatives are the batch's other targets.
+  """Sampled softmax whose negatives are the batch's other targets (`mixed_softmax` without uniform draws).
 
-  Every real position (weight > 0) is a column; a position's other columns with
-  the same item are accidental hits and are removed. With `logq_correction`
-  every logit (the positive's too) has log Q(item) subtracted, Q being the
-  item's share of the batch's targets. Memory is O(M^2) for M positions.
+  Every real position (weight > 0) is a column; with `logq_correction` every
+  logit (the positive's too) has log Q(item) subtracted, Q being the item's
+  share of the batch's targets. Memory is O(M^2) for M positions.
   """
   dim = hidden.shape[-1]
-  h = hidden.reshape(-1, dim)
   t = targets.reshape(-1)
-  w = weight.reshape(-1)
-  real = w > 0
-  logits = _scores(h, jnp.take(item_table, t, axis=0), "md,nd->mn")
-  same = t[:, None] == t[None, :]
-  if logq_correction:
-    count = jnp.sum(same & real[None, :], axis=1).astype(jnp.float32)
-    log_q = jnp.log(jnp.maximum(count, 1.0)) - jnp.log(jnp.maximum(jnp.sum(real), 1))
-    logits = logits - log_q[None, :]
-  eye = jnp.eye(t.shape[0], dtype=bool)
-  keep = (real[None, :] & ~same) | eye
-  logits = jnp.where(keep, logits, _MASKED)
-  ce = jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits)
-  return weighted_mean(ce, w)
+  return mixed_softmax(hidden.reshape(-1, dim), jnp.take(item_table, t, axis=0), t, t,
+                       weight.reshape(-1), logq_correction=logq_correction)
 
 
 def bce_loss(hidden: jax.Array, item_table: jax.Array, targets: jax.Array,
@@ -287,19 +312,81 @@ def gbce(num_negatives: int = 256, t: float = 0.75) -> LossFn:
   return _with_metrics(loss)
 
 
+@dataclasses.dataclass(frozen=True)
+class CandidateLoss:
+  """A loss over candidate item vectors instead of the whole table (registered with candidates=True).
+
+  `sample` picks up to `positions` of a batch's real positions (0: all of
+  them) uniformly without replacement, and the candidates: their targets, then
+  `num_negatives` uniform draws; the caller computes the candidates' vectors
+  (an item tower runs on those items only) and `__call__` returns the loss and
+  metrics. The loss is the mean over the sampled positions, an unbiased
+  estimate of the mean over all of them.
+  """
+
+  positions: int
+  num_negatives: int
+  logq_correction: bool = True
+
+  def sample(self, key: jax.Array, targets: jax.Array, num_items: int,
+             item_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(flat indices [P] into targets.reshape(-1), candidate ids [P + K]).
+
+    Negatives are drawn uniformly from 1..num_items, or from the items where
+    `item_mask` [N + 1] is True.
+    """
+    flat = targets.reshape(-1)
+    position_key, negative_key = jax.random.split(key)
+    if self.positions and self.positions < flat.shape[0]:
+      # Real positions first, in random order; padding ones only if too few are real.
+      priority = jax.random.uniform(position_key, flat.shape) + (flat > 0)
+      picked = jax.lax.top_k(priority, self.positions)[1]
+    else:
+      picked = jnp.arange(flat.shape[0])
+    shape = (self.num_negatives,)
+    if item_mask is None:
+      negatives = uniform_negatives(negative_key, shape, num_items)
+    else:
+      allowed = jnp.asarray(item_mask).at[0].set(False)
+      negatives = jax.random.choice(negative_key, allowed.shape[0], shape, p=allowed / allowed.sum())
+    return picked, jnp.concatenate([jnp.take(flat, picked), negatives.astype(flat.dtype)])
+
+  def __call__(self, hidden: jax.Array, candidates: jax.Array, candidate_ids: jax.Array,
+               targets: jax.Array, num_items: int,
+               item_mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """hidden [P, D], targets [P] of the sampled positions; candidates [P + K, D]."""
+    weight = (targets > 0).astype(jnp.float32)
+    pool = num_items if item_mask is None else jnp.sum(jnp.asarray(item_mask)[1:])
+    loss = mixed_softmax(hidden, candidates, candidate_ids, targets, weight,
+                         uniform_count=self.num_negatives / pool,
+                         logq_correction=self.logq_correction)
+    return loss, {"loss": loss, "events": jnp.sum(weight)}
+
+
+@LOSSES.register("mixed_softmax", candidates=True, item_mask=True)
+def mixed_softmax_loss(positions: int = 256, num_negatives: int = 256,
+                       logq_correction: bool = True) -> CandidateLoss:
+  """Sampled positions' targets + uniform negatives as candidates (`CandidateLoss`)."""
+  if int(positions) < 0:
+    raise ValueError(f"train.loss.mixed_softmax.positions must be >= 0 (0: all), got {positions}")
+  return CandidateLoss(int(positions), _check_negatives("mixed_softmax", num_negatives),
+                       bool(logq_correction))
+
+
 def loss_kwargs(name: str) -> dict:
   """The config fields of loss `name` with their defaults (`train.loss.<name>`)."""
   return keyword_defaults(LOSSES.get(name))
 
 
-def next_item_loss_fn(name: str = "softmax", **kwargs) -> LossFn:
+def next_item_loss_fn(name: str = "softmax", **kwargs) -> LossFn | CandidateLoss:
   """The registered loss `name` built with its keyword arguments (`train.loss.<name>.*`).
 
   Returns (hidden [B, L, D], item_table [N + 1, D], targets [B, L], key,
   item_mask=None) -> (loss, metrics). Targets of 0 are padding and weigh
   nothing. `key` seeds the negatives (unused by "softmax" and in-batch
   "sampled_softmax"). `item_mask` [N + 1] restricts the softmax to some items,
-  for losses registered with item_mask=True.
+  for losses registered with item_mask=True. A loss registered with
+  candidates=True is a `CandidateLoss` instead.
   """
   factory = LOSSES.get(name)
   check_keywords(kwargs, loss_kwargs(name), f"train.loss.{name}")

@@ -31,10 +31,12 @@ from recattn_jax.evaluation import target_ranks
 from recattn_jax.evaluation.sharded import sharded_target_ranks, sharded_top_k_items
 from recattn_jax.evaluation.topk import top_k_items
 from recattn_jax.models.item_encoder import table_rows
-from recattn_jax.models.scoring import encode, scoring_inputs, user_vectors
+from recattn_jax.models.scoring import (encode, fold_item_bias, scoring_inputs, scoring_table,
+                                        scoring_users, user_vectors)
+from recattn_jax.models.text_tower import stop_frozen_gradients
 from recattn_jax.parallel import (DATA_AXIS, MODEL_AXIS, batch_sharding, global_batch,
                                   process_rows, replicated, tree_shardings)
-from recattn_jax.training.losses import LossFn, next_item_loss_fn
+from recattn_jax.training.losses import CandidateLoss, LossFn, next_item_loss_fn
 
 
 @flax.struct.dataclass
@@ -113,7 +115,7 @@ def init_state(init_params: Callable[[jax.Array], Any], optimizer: optax.Gradien
 BatchLoss = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 
 
-def next_item_loss(model: nn.Module, loss_fn: LossFn | None = None,
+def next_item_loss(model: nn.Module, loss_fn: LossFn | CandidateLoss | None = None,
                    item_mask: jax.Array | None = None, *, padded: bool = False) -> BatchLoss:
   """The ranking task's batch loss: `loss_fn` (default: full-softmax CE) at every target.
 
@@ -122,8 +124,17 @@ def next_item_loss(model: nn.Module, loss_fn: LossFn | None = None,
   `padded` (a table split over devices): the loss sees all `table_rows` rows,
   those past N masked out, so the table is used as it lies; `loss_fn` must
   then take an item mask (registered with item_mask=True, e.g. "softmax").
+  A `CandidateLoss` scores only its candidates (`candidate_loss`); a model
+  with a text tower needs one.
   """
   loss_fn = loss_fn or next_item_loss_fn("softmax")
+  if isinstance(loss_fn, CandidateLoss):
+    if padded:
+      raise ValueError("a candidate loss does not run on an item table split over devices")
+    return candidate_loss(model, loss_fn, item_mask)
+  if model.has_text_tower:
+    raise ValueError("a text tower (model.*.item_text_lora_rank > 0) runs on a step's candidates "
+                     "only: set train.loss.name='mixed_softmax'")
   if padded:
     rows = table_rows(model.num_items)
     valid = jnp.arange(rows) <= model.num_items
@@ -136,6 +147,30 @@ def next_item_loss(model: nn.Module, loss_fn: LossFn | None = None,
     hidden, table = scoring_inputs(model, params, hidden, padded=padded, deterministic=False,
                                    rngs={"dropout": table_key})
     return loss_fn(hidden, table, batch["targets"], sample_key, item_mask)
+  return batch_loss
+
+
+def candidate_loss(model: nn.Module, loss_fn: CandidateLoss,
+                   item_mask: jax.Array | None = None) -> BatchLoss:
+  """A batch loss that computes item vectors only for `loss_fn`'s candidates (`model.item_vectors`).
+
+  The sampled positions' hidden states are scored against their targets and
+  `loss_fn.num_negatives` items drawn from `item_mask` (None: every item); a
+  text tower runs on those items only, and no gradient is computed for its
+  frozen pretrained weights.
+  """
+  def batch_loss(params, batch, rng):
+    dropout_key, item_key, sample_key = jax.random.split(rng, 3)
+    params = stop_frozen_gradients(params)
+    hidden = encode(model, params, batch, deterministic=False, rngs={"dropout": dropout_key})
+    positions, ids = loss_fn.sample(sample_key, batch["targets"], model.num_items, item_mask)
+    hidden = jnp.take(hidden.reshape(-1, hidden.shape[-1]), positions, axis=0)
+    vectors = model.apply(params, ids, False, method="item_vectors", rngs={"dropout": item_key})
+    if model.has_item_bias:
+      bias = jnp.take(model.apply(params, method="item_bias"), ids)
+      hidden, vectors = fold_item_bias(hidden, vectors, bias)
+    targets = jnp.take(batch["targets"].reshape(-1), positions)
+    return loss_fn(hidden, vectors, ids, targets, model.num_items, item_mask)
   return batch_loss
 
 
@@ -211,14 +246,25 @@ def accumulated_gradients(batch_loss: BatchLoss, params, batch: dict, rng: jax.A
   return jax.tree.map(lambda g: g / total, grad_sum), {"loss": loss_sum / total, weight_key: weight_sum}
 
 
-def _scoring(model: nn.Module, mesh: Mesh, params, batch):
-  """(users, table) of a batch; on a mesh with a "model" axis, the whole padded table as it lies."""
-  return scoring_inputs(model, params, user_vectors(model, params, batch),
-                        padded=mesh.shape[MODEL_AXIS] > 1)
+def make_catalogue_step(model: nn.Module, mesh: Mesh) -> Callable:
+  """params -> the scoring table [N + 1, D'] (`scoring_table`), computed once per evaluation.
+
+  On a mesh with a "model" axis it is the whole padded table as it lies. A
+  text tower is run over the catalogue here, so its vectors are refreshed
+  from the current adapters.
+  """
+  return jax.jit(lambda params: scoring_table(model, params, padded=mesh.shape[MODEL_AXIS] > 1))
+
+
+def _users(model: nn.Module, params, batch) -> jax.Array:
+  return scoring_users(model, user_vectors(model, params, batch))
 
 
 def make_rank_step(model: nn.Module, mesh: Mesh, *, item_chunk: int, ties: str) -> Callable:
-  """(params, batch) -> ranks with the user's seen items excluded and with all items."""
+  """(params, table, batch) -> ranks with the user's seen items excluded and with all items.
+
+  `table` is `make_catalogue_step(model, mesh)(params)`.
+  """
   sharded = mesh.shape[MODEL_AXIS] > 1
 
   def ranks(users, table, targets, exclude):
@@ -227,25 +273,25 @@ def make_rank_step(model: nn.Module, mesh: Mesh, *, item_chunk: int, ties: str) 
                                   ties=ties, num_rows=model.num_items + 1)
     return target_ranks(users, table, targets, exclude, item_chunk=item_chunk, ties=ties)
 
-  def rank_step(params, batch):
-    users, table = _scoring(model, mesh, params, batch)
+  def rank_step(params, table, batch):
+    users = _users(model, params, batch)
     return (ranks(users, table, batch["targets"], batch["exclude"]),
             ranks(users, table, batch["targets"], None))
 
-  return jax.jit(rank_step, in_shardings=(None, batch_sharding(mesh)))
+  return jax.jit(rank_step, in_shardings=(None, None, batch_sharding(mesh)))
 
 
 def make_top_k_step(model: nn.Module, mesh: Mesh, *, k: int, item_chunk: int) -> Callable:
-  """(params, batch) -> the top-`k` item ids [B, k] with the user's seen items excluded."""
+  """(params, table, batch) -> the top-`k` item ids [B, k] with the user's seen items excluded."""
 
-  def top_k_step(params, batch):
-    users, table = _scoring(model, mesh, params, batch)
+  def top_k_step(params, table, batch):
+    users = _users(model, params, batch)
     if mesh.shape[MODEL_AXIS] > 1:
       return sharded_top_k_items(users, table, k, batch["exclude"], mesh=mesh,
                                  item_chunk=item_chunk, num_rows=model.num_items + 1)[1]
     return top_k_items(users, table, k, batch["exclude"], item_chunk=item_chunk)[1]
 
-  return jax.jit(top_k_step, in_shardings=(None, batch_sharding(mesh)))
+  return jax.jit(top_k_step, in_shardings=(None, None, batch_sharding(mesh)))
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:

@@ -22,6 +22,7 @@ import pathlib
 from typing import Any, Callable
 
 import grain
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -39,17 +40,19 @@ from recattn_jax.evaluation import metrics_from_ranks, target_ranks
 from recattn_jax.evaluation.beyond import beyond_accuracy_report, item_popularity
 from recattn_jax.evaluation.ctr import ctr_metrics, item_mean_baseline, rating_metrics
 from recattn_jax.models import build_encoder, build_pointwise_model, encoder_spec, init_encoder
+from recattn_jax.models.text_tower import frozen_text_weights, insert_pretrained
 from recattn_jax.parallel import MODEL_AXIS, fetch, process_rows
 from recattn_jax.registry import Registry
 from recattn_jax.text import load_pretrained
+from recattn_jax.text.bert import freeze
 from recattn_jax.text.embed import cached_embeddings
 from recattn_jax.text.get_model import MODELS as TEXT_MODELS, fetch_model
 from recattn_jax.training import pointwise_task
 from recattn_jax.training.bundle import BundleData
 from recattn_jax.training.losses import LOSSES, next_item_loss_fn
-from recattn_jax.training.steps import (TrainState, init_state, make_optimizer, make_rank_step,
-                                        make_top_k_step, make_train_step, next_item_loss,
-                                        shard_batch)
+from recattn_jax.training.steps import (TrainState, init_state, make_catalogue_step,
+                                        make_optimizer, make_rank_step, make_top_k_step,
+                                        make_train_step, next_item_loss, shard_batch)
 from recattn_jax.training.workdir import content_digest
 
 log = logging.getLogger(__name__)
@@ -126,33 +129,64 @@ class RankingData:
   split: Split
   item_features: ItemFeatures | None
   user_profiles: UserProfiles | None
+  text_weights: Any = None  # the pretrained text encoder's weights, for a text tower
 
 
-def _ranking_data(data_config: ml_collections.ConfigDict
+@dataclasses.dataclass
+class ItemText:
+  """The items' texts and the pretrained encoder `data.text_model` names."""
+
+  texts: list[str]
+  stats: dict
+  model: Any  # text.Pretrained
+
+
+def _ranking_data(data_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict
                   ) -> tuple[RankingData, ml_collections.ConfigDict]:
   """The split and its features, and `data_config` naming the text embeddings it used."""
   split = load_split(data_config)
-  data_config = with_text_embeddings(data_config, split)
-  return RankingData(split, load_split_features(data_config, split),
-                     load_user_profiles(data_config, split)), data_config
+  text = _item_text(data_config, split)
+  data_config = with_text_embeddings(data_config, split, text)
+  features = load_split_features(data_config, split)
+  lora_rank = model_config.get(model_config.name, {}).get("item_text_lora_rank", 0)
+  if lora_rank:
+    if text is None:
+      raise ValueError(f"model.{model_config.name}.item_text_lora_rank={lora_rank} fine-tunes the "
+                       "text encoder data.text_model names; set data.text_model (e.g. 'minilm')")
+    features = dataclasses.replace(
+        features, text_tokens=text.model.tokenize(text.texts, data_config.text_max_length)[0],
+        text_encoder={"bert": dataclasses.asdict(text.model.config),
+                      "pooling": data_config.text_pooling})
+  return RankingData(split, features, load_user_profiles(data_config, split),
+                     text.model.params if lora_rank else None), data_config
 
 
-def with_text_embeddings(data_config: ml_collections.ConfigDict,
-                         split: Split) -> ml_collections.ConfigDict:
+def _item_text(data_config: ml_collections.ConfigDict, split: Split) -> ItemText | None:
+  """`data.text_model` set: the items' texts (row 0 = padding) and the loaded encoder."""
+  name = data_config.get("text_model", "")
+  if not name:
+    return None
+  texts, stats = item_texts(data_config, split.item_ids)
+  model = load_pretrained(fetch_model(name) if name in TEXT_MODELS else pathlib.Path(name))
+  return ItemText(texts, stats, model)
+
+
+def with_text_embeddings(data_config: ml_collections.ConfigDict, split: Split,
+                         text: ItemText | None = None) -> ml_collections.ConfigDict:
   """`data.text_model` set: the items' text embedded (once, cached) and named as text_embeddings_path.
 
   The cache file is keyed by the checkpoint, the texts and the settings
   (`text.embed.cached_embeddings`), so a change to any of them embeds again and
   the run identity sees another file.
   """
-  name = data_config.get("text_model", "")
-  if not name or data_config.text_embeddings_path:
+  if data_config.text_embeddings_path:
     return data_config
-  texts, stats = item_texts(data_config, split.item_ids)
-  model = load_pretrained(fetch_model(name) if name in TEXT_MODELS else pathlib.Path(name))
-  path = cached_embeddings(model, list(split.item_ids[1:]), texts[1:],
+  text = text or _item_text(data_config, split)
+  if text is None:
+    return data_config
+  path = cached_embeddings(text.model, list(split.item_ids[1:]), text.texts[1:],
                            max_length=data_config.text_max_length, pooling=data_config.text_pooling)
-  log.info("item text embeddings (%d items without text): %s", stats["items_without_text"], path)
+  log.info("item text embeddings (%d items without text): %s", text.stats["items_without_text"], path)
   resolved = ml_collections.ConfigDict(data_config.to_dict())
   resolved.text_embeddings_path = str(path)
   resolved.text_embeddings_ids_path = ""
@@ -163,7 +197,7 @@ def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray, *, 
   """The configured loss, and the items it may rank over (`train.negatives`)."""
   name = config.train.loss.name
   loss_fn = next_item_loss_fn(name, **config.train.loss.get(name, {}))
-  if sharded and not LOSSES.spec(name).get("item_mask"):
+  if sharded and (not LOSSES.spec(name).get("item_mask") or LOSSES.spec(name).get("candidates")):
     raise ValueError(f"train.loss.name={name!r} does not run on an item table split over "
                      "train.mesh.model > 1 devices yet; use 'softmax' (the full softmax is "
                      "computed per shard) or train.mesh.model=1")
@@ -179,7 +213,7 @@ def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray, *, 
 
 @TASKS.register("ranking", metrics=_ranking_metrics)
 def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
-  data, data_config = _ranking_data(resolve_paths(config.data))
+  data, data_config = _ranking_data(resolve_paths(config.data), config.model)
   split, max_len = data.split, data_config.max_len
 
   # The model, and what it reads and trains with.
@@ -194,8 +228,15 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
   rows = rows_per_pass(split.train, max_len=max_len, seed=config.seed, pack=config.data.pack,
                        all_windows=config.data.all_windows, objective=objective)
   steps_per_epoch, total_steps, optimizer = _training_schedule(config, rows, drop_remainder=False)
+  if model.has_text_tower:
+    optimizer = freeze(optimizer, frozen_text_weights)
   state = init_state(functools.partial(init_encoder, model, max_len=max_len), optimizer,
                      seed=config.seed, mesh=mesh)
+  stats = split.stats
+  if model.has_text_tower:
+    state = state.replace(params=insert_pretrained(state.params, data.text_weights))
+    stats = {**stats, "text_tower": text_tower_sizes(state.params)}
+    log.info("text tower: %s", stats["text_tower"])
   data_iter = iter(train_dataset(
       split.train, max_len=max_len, batch_size=config.train.batch_size, seed=config.seed,
       padding=config.data.padding, pack=config.data.pack, all_windows=config.data.all_windows,
@@ -207,8 +248,13 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
   popularity = item_popularity(split.train, split.num_items)
   sharded = mesh.shape[MODEL_AXIS] > 1
   loss_fn, item_mask = _ranking_loss(config, popularity, sharded=sharded)
+  if model.has_text_tower and not LOSSES.spec(config.train.loss.name).get("candidates"):
+    raise ValueError(f"model.{config.model.name}.item_text_lora_rank > 0: the text tower runs on "
+                     "a step's candidates only; set train.loss.name='mixed_softmax' (not "
+                     f"{config.train.loss.name!r})")
 
   # Evaluation: full ranking of both protocols, beyond-accuracy lists, the baseline.
+  catalogue_step = make_catalogue_step(model, mesh)
   rank_step = make_rank_step(model, mesh, item_chunk=config.eval.item_chunk, ties=config.eval.ties)
 
   def batches_of(eval_set):
@@ -220,9 +266,10 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
 
   def evaluate(params, which: str) -> dict:
     ranks = {True: [], False: []}
+    table = catalogue_step(params)
     for batch in batches_of(getattr(split, which)):
       rows = int(batch["weight"].sum())
-      excluded, everything = rank_step(params, shard_batch(batch, mesh))
+      excluded, everything = rank_step(params, table, shard_batch(batch, mesh))
       ranks[True].append(fetch(excluded)[:rows])
       ranks[False].append(fetch(everything)[:rows])
     return {PROTOCOLS[flag]: metrics_from_ranks(np.concatenate(r), tuple(config.eval.ks))
@@ -231,10 +278,10 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
   def report(params) -> dict:
     """Beyond-accuracy metrics of the test top-K lists, and the popularity baseline."""
     top_k_step = make_top_k_step(model, mesh, k=max(config.eval.ks), item_chunk=config.eval.item_chunk)
-    lists = []
+    lists, table = [], catalogue_step(params)
     for batch in batches_of(split.test):
       rows = int(batch["weight"].sum())
-      lists.append(fetch(top_k_step(params, shard_batch(batch, mesh)))[:rows])
+      lists.append(fetch(top_k_step(params, table, shard_batch(batch, mesh)))[:rows])
     beyond = beyond_accuracy_report(np.concatenate(lists), split.test.targets, popularity,
                                     ks=tuple(k for k in config.eval.ks if k > 1))
     return {"beyond_accuracy": beyond,
@@ -250,7 +297,7 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
                                                        optimizer, mesh, s,
                                                        accum_steps=config.train.grad_accum_steps),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps, evaluate=evaluate,
-             primary=PROTOCOLS[config.eval.exclude_seen], stats=split.stats, report=report,
+             primary=PROTOCOLS[config.eval.exclude_seen], stats=stats, report=report,
              data_digest=digest, data_files=_data_files(data_config),
              bundle_data=BundleData(
                  item_ids=split.item_ids, user_ids=split.user_ids, popularity=popularity,
@@ -258,6 +305,18 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
                  history_timestamps=split.sequence_timestamps if timestamps else None,
                  item_features=data.item_features, user_profiles=data.user_profiles,
                  stats=split.stats))
+
+
+def text_tower_sizes(params) -> dict:
+  """Parameter counts: the text tower's adapters, its frozen pretrained weights, all trainable ones."""
+  counts = {"adapter_params": 0, "pretrained_params": 0, "trainable_params": 0}
+  for (path, leaf), frozen in zip(jax.tree_util.tree_leaves_with_path(params),
+                                  jax.tree.leaves(frozen_text_weights(params))):
+    size = int(np.prod(leaf.shape))
+    counts["pretrained_params" if frozen else "trainable_params"] += size
+    if not frozen and "text_tower" in jax.tree_util.keystr(path):
+      counts["adapter_params"] += size
+  return counts
 
 
 def popularity_baseline(eval_set, popularity: np.ndarray, config) -> dict:
