@@ -145,7 +145,7 @@ def _ranking_data(data_config: ml_collections.ConfigDict, model_config: ml_colle
                   ) -> tuple[RankingData, ml_collections.ConfigDict]:
   """The split and its features, and `data_config` naming the text embeddings it used."""
   split = load_split(data_config)
-  text = _item_text(data_config, split)
+  text = item_text(data_config, split)
   data_config = with_text_embeddings(data_config, split, text)
   features = load_split_features(data_config, split)
   lora_rank = model_config.get(model_config.name, {}).get("item_text_lora_rank", 0)
@@ -153,15 +153,22 @@ def _ranking_data(data_config: ml_collections.ConfigDict, model_config: ml_colle
     if text is None:
       raise ValueError(f"model.{model_config.name}.item_text_lora_rank={lora_rank} fine-tunes the "
                        "text encoder data.text_model names; set data.text_model (e.g. 'minilm')")
-    features = dataclasses.replace(
-        features, text_tokens=text.model.tokenize(text.texts, data_config.text_max_length)[0],
-        text_encoder={"bert": dataclasses.asdict(text.model.config),
-                      "pooling": data_config.text_pooling})
+    features = with_text_tokens(features, text, data_config)
   return RankingData(split, features, load_user_profiles(data_config, split),
                      text.model.params if lora_rank else None), data_config
 
 
-def _item_text(data_config: ml_collections.ConfigDict, split: Split) -> ItemText | None:
+def with_text_tokens(features: ItemFeatures, text: ItemText,
+                     data_config: ml_collections.ConfigDict) -> ItemFeatures:
+  """`features` with the items' token ids and the encoder's settings, for a text tower."""
+  tokens = text.model.tokenize(text.texts, data_config.text_max_length)[0]
+  tokens[0] = 0  # the padding row has no text
+  return dataclasses.replace(
+      features, text_tokens=tokens, text_encoder={"bert": dataclasses.asdict(text.model.config),
+                    "pooling": data_config.text_pooling})
+
+
+def item_text(data_config: ml_collections.ConfigDict, split: Split) -> ItemText | None:
   """`data.text_model` set: the items' texts (row 0 = padding) and the loaded encoder."""
   name = data_config.get("text_model", "")
   if not name:
@@ -181,7 +188,7 @@ def with_text_embeddings(data_config: ml_collections.ConfigDict, split: Split,
   """
   if data_config.text_embeddings_path:
     return data_config
-  text = text or _item_text(data_config, split)
+  text = text or item_text(data_config, split)
   if text is None:
     return data_config
   path = cached_embeddings(text.model, list(split.item_ids[1:]), text.texts[1:],
