@@ -228,7 +228,8 @@ def run(name: str, protocol: Protocol, features, text, args) -> dict:
   config = get_default_config()
   config.train.update(num_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr)
   mesh = make_mesh(num_devices=1)
-  lora = {"item_text_lora_rank": args.lora_rank} if variant.lora else {}
+  lora = ({"item_text_lora_rank": args.lora_rank, "item_text_lora_layers": args.lora_layers}
+          if variant.lora else {})
   model = SASRec(num_items=len(protocol.popularity) - 1, max_len=args.max_len, embed_dim=args.dim,
                  num_layers=2, num_heads=1, ff_dim=4 * args.dim, dropout_rate=args.dropout,
                  item_features=features, item_representation=variant.representation,
@@ -297,10 +298,13 @@ def main():
   parser.add_argument("--max-cold-events", type=int, default=2000)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--text-model", default="minilm", help="data.text_model: 'minilm' or a folder")
-  parser.add_argument("--text-max-length", type=int, default=32)
+  parser.add_argument("--text-max-length", type=int, default=24, help="tokens per item text "
+                      "(ML-100K: 99%% of the texts fit in 24)")
   parser.add_argument("--lora-rank", type=int, default=8)
-  parser.add_argument("--positions", type=int, default=256, help="mixed_softmax positions per step")
-  parser.add_argument("--num-negatives", type=int, default=256, help="mixed_softmax uniform negatives")
+  parser.add_argument("--lora-layers", type=int, default=2, help="adapters in the last that many "
+                      "blocks (0: all); the backward pass stops below them")
+  parser.add_argument("--positions", type=int, default=128, help="mixed_softmax positions per step")
+  parser.add_argument("--num-negatives", type=int, default=128, help="mixed_softmax uniform negatives")
   parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                       default=["id", "content", "text", "text_mixed", "text+lora",
                                "id+text+id_dropout"])

@@ -76,7 +76,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.data.text_embeddings_ids_path = ""  # ... this file ("": the .npy path with .ids.txt)
   # Item text for `python -m recattn_jax.embed` (data/item_text.py): a table's columns, else
   # the .item file above, else Last.fm's artist names and tags.
-  c.data.item_text_path = ""       # a CSV / TSV / Parquet file with data.columns.item ...
+  c.data.item_text_path = ""       # a CSV / TSV / Parquet file with data.columns.item (or a .item file) ...
   c.data.item_text_columns = ""    # ... and these text columns, comma separated
   # A pretrained text encoder ("minilm" or a checkpoint folder) embeds that text into
   # data.text_embeddings_path (cached, recattn_jax/text/embed.py) before training.

@@ -23,6 +23,10 @@ def test_recbole_titles_years_and_genres(tmp_path):
                             np.asarray(["<pad>", "2", "1", "9"], dtype=object))
   assert texts == ["", "Heat. Action", "Toy Story (1995). Animation, Children's, Comedy", ""]
   assert stats["items_without_text"] == 1  # item 9 has no row: the empty text
+  # Named as the text source alone (no categorical features), the same texts.
+  alone, _ = item_texts(_data_config(item_text_path=str(path)),
+                        np.asarray(["<pad>", "2", "1", "9"], dtype=object))
+  assert alone == texts
 
 
 def test_lastfm_names_with_their_most_used_tags(tmp_path):

@@ -192,3 +192,16 @@ def test_tower_settings_that_cannot_work_are_named(tmp_path, monkeypatch, data_f
     target[rest[-1]] = value
   with pytest.raises(ValueError, match=message):
     tasks.build_job(config, make_mesh(num_devices=1))
+
+
+def test_adapters_in_the_last_blocks_only():
+  from recattn_jax.text.bert import BertEncoder, LoRAConfig  # noqa: PLC0415
+  from tests.test_text_encoder import TINY  # noqa: PLC0415
+
+  ids = jnp.ones((2, 5), jnp.int32)
+  params = BertEncoder(TINY, lora=LoRAConfig(rank=2, layers=1)).init(jax.random.PRNGKey(0), ids, ids)
+  adapted = {name for name, layer in params["params"].items()
+             if any(key.endswith("_lora") for key in getattr(layer, "keys", lambda: [])())}
+  assert adapted == {f"layer_{TINY.num_hidden_layers - 1}"}
+  with pytest.raises(ValueError, match="layers must be >= 0"):
+    LoRAConfig(rank=2, layers=-1)

@@ -5,8 +5,9 @@ Sources, by what the data config names:
     a CSV / TSV / Parquet table with the item id column `data.columns.item`;
     the named columns are joined with ". " (a missing column is an error
     naming the file and the columns it has);
-  * a RecBole `.item` file (`data.item_features_path`, e.g. ML-100K's
-    `ml-100k.item`): "Title (year). Genre, Genre" from its title / year / class
+  * a RecBole `.item` file (`data.item_text_path` without columns, else
+    `data.item_features_path`, e.g. ML-100K's `ml-100k.item`; naming it as
+    the text path alone gives text without the categorical features): "Title (year). Genre, Genre" from its title / year / class
     fields (`movie_title`, `release_year`, `class`), other files: every field
     as "field: value";
   * Last.fm HetRec (`data.format="lastfm"`): the artist's name from
@@ -98,15 +99,17 @@ def item_texts(data_config: ml_collections.ConfigDict,
   if columns:
     source = pathlib.Path(data_config.get("item_text_path", "") or data_config.path)
     texts = _from_table(source, columns, data_config.columns.item)
-  elif data_config.get("item_features_path"):
-    source = readers._single_file(pathlib.Path(data_config.item_features_path), ".item")
+  elif data_config.get("item_text_path") or data_config.get("item_features_path"):
+    source = readers._single_file(pathlib.Path(data_config.get("item_text_path", "")
+                                               or data_config.item_features_path), ".item")
     texts = _from_recbole(source)
   elif data_config.format == "lastfm":
     source = pathlib.Path(data_config.path)
     texts = _from_lastfm(source if source.is_dir() else source.parent)
   else:
     raise ItemTextError("no item text source: set data.item_text_columns (with data.item_text_path), "
-                        "data.item_features_path (a RecBole .item file), or use data.format='lastfm'")
+                        "data.item_text_path or data.item_features_path to a RecBole .item file, "
+                        "or use data.format='lastfm'")
   out = [""] + [texts.get(str(item), "") for item in list(item_ids)[1:]]
   missing = sum(1 for text in out[1:] if not text)
   return out, {"item_text_source": str(source), "items_without_text": missing}

@@ -110,10 +110,12 @@ class SequenceEncoder(nn.Module):
     item_id_dropout: "both": treat trained items as cold at this rate (DropoutNet).
     item_attention_impl: the engine of the item content encoder's self-attention
       and of the text tower's.
-    item_text_lora_rank, item_text_lora_alpha, item_text_lora_targets: rank > 0
-      fine-tunes the pretrained text encoder (data.text_model) with these LoRA
-      adapters as the items' output-side text tower (`text_tower.TextTower`);
-      it trains with a candidate loss (train.loss.name="mixed_softmax").
+    item_text_lora_rank, item_text_lora_alpha, item_text_lora_targets,
+      item_text_lora_layers: rank > 0 fine-tunes the pretrained text encoder
+      (data.text_model) with these LoRA adapters (`text.bert.LoRAConfig`;
+      layers: in the last that many blocks, 0 = all) as the items'
+      output-side text tower (`text_tower.TextTower`); it trains with a
+      candidate loss (train.loss.name="mixed_softmax").
     user_profiles: a per-user context added to every event (`user_context.py`).
   """
 
@@ -132,6 +134,7 @@ class SequenceEncoder(nn.Module):
   item_text_lora_rank: int = 0
   item_text_lora_alpha: float = 16.0
   item_text_lora_targets: tuple[str, ...] = ("query", "value")
+  item_text_lora_layers: int = 0
   item_features: ItemFeatures | None = None
   user_profiles: UserProfiles | None = None
 
@@ -162,7 +165,7 @@ class SequenceEncoder(nn.Module):
         self.num_items, self.embed_dim, item_features=self.item_features,
         id_dropout=self.item_id_dropout, attention_fn=attention_fn(self.item_attention_impl),
         text_lora=LoRAConfig(self.item_text_lora_rank, self.item_text_lora_alpha,
-                             tuple(self.item_text_lora_targets)),
+                             tuple(self.item_text_lora_targets), self.item_text_lora_layers),
         text_attention_impl=self.item_attention_impl, name="item_embed")
     if self.uses_positions:
       self.pos_embed = nn.Embed(self.max_len, self.embed_dim,

@@ -64,11 +64,21 @@ class LoRAConfig:
 
   A starts random and B at zero, so an adapted encoder starts exactly at the
   pretrained one; only A and B train (`lora_mask`). rank 0: no adapters.
+  `layers` > 0 puts adapters in the last `layers` blocks only (0: every block):
+  no gradient then flows below them, so a step's backward pass is that much
+  shorter.
   """
 
   rank: int = 0
   alpha: float = 16.0
   targets: tuple[str, ...] = ("query", "value")
+  layers: int = 0
+
+  def in_layer(self, index: int, num_layers: int) -> "LoRAConfig":
+    """The adapters of block `index` of `num_layers` (rank 0 below the adapted ones)."""
+    if self.layers and index < num_layers - self.layers:
+      return dataclasses.replace(self, rank=0)
+    return self
 
   def __post_init__(self):
     unknown = sorted(set(self.targets) - set(LORA_TARGETS))
@@ -76,6 +86,8 @@ class LoRAConfig:
       raise ValueError(f"LoRA targets {unknown} are not layers of a BERT block; choose from {LORA_TARGETS}")
     if self.rank < 0:
       raise ValueError(f"LoRA rank must be >= 0, got {self.rank}")
+    if self.layers < 0:
+      raise ValueError(f"LoRA layers must be >= 0 (0: every block), got {self.layers}")
 
 
 class LoRA(nn.Module):
@@ -191,7 +203,8 @@ class BertEncoder(nn.Module):
                                           name="token_type_embeddings")
     self.embeddings_norm = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")
     self.embeddings_dropout = nn.Dropout(c.hidden_dropout_prob)
-    self.layers = [BertLayer(c, self.attention_impl, self.dtype, self.lora, name=f"layer_{i}")
+    self.layers = [BertLayer(c, self.attention_impl, self.dtype,
+                             self.lora.in_layer(i, c.num_hidden_layers), name=f"layer_{i}")
                    for i in range(c.num_hidden_layers)]
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
