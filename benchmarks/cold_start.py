@@ -23,12 +23,17 @@ Variants (`--variants`; `VARIANTS`): id only; categorical content (ML-100K's
 genres, year and title words); frozen text vectors (all-MiniLM-L6-v2 over the
 item text: ML-100K "title (year). genres", Last.fm artist names); the same text
 encoder fine-tuned with LoRA adapters as the item tower; id + text with id
-dropout (DropoutNet). Every item-vector variant trains with the full softmax
-over the trained items (`train.negatives="trained"`: items that arrive after
-training cannot have been negatives), except the LoRA tower, which needs a
-candidate loss: `mixed_softmax` (sampled positions' targets + uniform negatives
-among the trained items, log-Q corrected); "text_mixed" is the frozen text
-with that same loss, to separate the effect of LoRA from the loss's.
+dropout (DropoutNet). Every variant trains with the full softmax over the trained
+items (`train.negatives="trained"`: items that arrive after training cannot
+have been negatives). The LoRA tower needs a candidate loss instead,
+`mixed_softmax` (`--positions` sampled positions' targets + `--num-negatives`
+uniform negatives among the trained items, log-Q corrected), which on this CPU
+affords ~2% of a batch's positions a step; so "text+lora" starts from the
+"text" variant's selected parameters and trains `--finetune-epochs` more with
+adapters (`--lora-rank`, in the last `--lora-layers` blocks), and
+"text_mixed" does the same without adapters, to separate the adapters' effect
+from the extra epochs'. Their epoch 0 (the starting point) is a candidate of
+the validation selection.
 
 Each variant is evaluated on validation after every epoch and the epoch with
 the best overall validation NDCG@10 is the one reported on test. Standard
@@ -63,6 +68,7 @@ from recattn_jax.models.text_tower import frozen_text_weights, insert_pretrained
 from recattn_jax.parallel import make_mesh  # noqa: E402
 from recattn_jax.text.bert import freeze  # noqa: E402
 from recattn_jax.training import tasks  # noqa: E402
+from recattn_jax.training.bundle import warm_start  # noqa: E402
 from recattn_jax.training.losses import next_item_loss_fn  # noqa: E402
 from recattn_jax.training.steps import (init_state, make_catalogue_step, make_optimizer,  # noqa: E402
                                         make_rank_step, make_train_step, next_item_loss,
@@ -76,6 +82,7 @@ class Variant:
   id_dropout: float = 0.0
   lora: bool = False
   loss: str = "softmax"
+  start_from: str | None = None  # continue from this variant's selected parameters
 
 
 VARIANTS = {
@@ -83,8 +90,8 @@ VARIANTS = {
     "content": Variant("content", "categorical"),
     "both+id_dropout": Variant("both", "categorical", 0.5),
     "text": Variant("content", "text"),
-    "text_mixed": Variant("content", "text", loss="mixed_softmax"),
-    "text+lora": Variant("content", "text", lora=True, loss="mixed_softmax"),
+    "text_mixed": Variant("content", "text", loss="mixed_softmax", start_from="text"),
+    "text+lora": Variant("content", "text", lora=True, loss="mixed_softmax", start_from="text"),
     "id+text+id_dropout": Variant("both", "text", 0.5),
 }
 DATASETS = {"ml-100k": get_default_config, "lastfm": get_lastfm_config}
@@ -223,10 +230,13 @@ def popularity_ranks(protocol: Protocol, sets) -> dict:
   return out
 
 
-def run(name: str, protocol: Protocol, features, text, args) -> dict:
+def run(name: str, protocol: Protocol, features, text, args, start=None) -> tuple[dict, dict]:
+  """(results, the selected parameters) of one variant; `start`: parameters to continue from."""
   variant = VARIANTS[name]
+  epochs = args.finetune_epochs if start is not None else args.epochs
   config = get_default_config()
-  config.train.update(num_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr)
+  config.train.update(num_epochs=epochs, batch_size=args.batch_size,
+                      learning_rate=args.finetune_lr if start is not None else args.lr)
   mesh = make_mesh(num_devices=1)
   lora = ({"item_text_lora_rank": args.lora_rank, "item_text_lora_layers": args.lora_layers}
           if variant.lora else {})
@@ -237,7 +247,7 @@ def run(name: str, protocol: Protocol, features, text, args) -> dict:
   rows = rows_per_pass(protocol.train, max_len=args.max_len, seed=args.seed, pack=True,
                        all_windows=True)
   steps_per_epoch = math.ceil(rows / args.batch_size)
-  optimizer = make_optimizer(config.train, args.epochs * steps_per_epoch)
+  optimizer = make_optimizer(config.train, epochs * steps_per_epoch)
   if variant.lora:
     optimizer = freeze(optimizer, frozen_text_weights)
   state = init_state(functools.partial(init_encoder, model, max_len=args.max_len), optimizer,
@@ -246,6 +256,8 @@ def run(name: str, protocol: Protocol, features, text, args) -> dict:
   if variant.lora:
     state = state.replace(params=insert_pretrained(state.params, text.model.params))
     out["parameters"] = tasks.text_tower_sizes(state.params)
+  if start is not None:
+    state = state.replace(params=warm_start(state.params, start)[0])
   trained = np.zeros(len(protocol.popularity), bool)
   trained[np.concatenate(protocol.train)] = True
   loss_fn = next_item_loss_fn(variant.loss, **({"positions": args.positions,
@@ -258,8 +270,8 @@ def run(name: str, protocol: Protocol, features, text, args) -> dict:
   batches = iter(train_dataset(protocol.train, max_len=args.max_len, batch_size=args.batch_size,
                                seed=args.seed, pack=True, all_windows=True, prefetch=2))
   best, best_params, history, step_seconds, eval_seconds = -1.0, None, [], [], 0.0
-  for epoch in range(1, args.epochs + 1):
-    for _ in range(steps_per_epoch):
+  for epoch in range(0 if start is not None else 1, epochs + 1):
+    for _ in range(steps_per_epoch if epoch else 0):
       start = time.perf_counter()
       state, metrics = train_step(state, shard_batch(next(batches), mesh))
       loss = float(metrics["loss"])
@@ -269,19 +281,19 @@ def run(name: str, protocol: Protocol, features, text, args) -> dict:
                      protocol.excluded, mesh, args.max_len)
     eval_seconds += time.perf_counter() - start
     score = overall(valid)
-    history.append({"epoch": epoch, "loss": loss, "valid_NDCG@10": score})
-    print(f"  {name}: epoch {epoch}/{args.epochs} loss {loss:.3f} valid NDCG@10 {score:.4f} "
+    history.append({"epoch": epoch, "loss": loss if epoch else None, "valid_NDCG@10": score})
+    print(f"  {name}: epoch {epoch}/{epochs} loss {loss if epoch else float('nan'):.3f} valid NDCG@10 {score:.4f} "
           f"({sum(step_seconds):.0f}s)", flush=True)
     if score > best:
       best, best_params, out["best_epoch"] = score, jax.tree.map(np.asarray, state.params), epoch
   batches.close()
-  out["valid"] = history[out["best_epoch"] - 1]
+  out["valid"] = next(h for h in history if h["epoch"] == out["best_epoch"])
   out["test"] = evaluate(rank_step, catalogue_step(best_params), best_params, protocol.test,
                          protocol.excluded, mesh, args.max_len)
   # The first step compiles; the median of the others is the step time.
   out.update(train_seconds=sum(step_seconds), eval_seconds=eval_seconds,
              step_seconds_median=float(np.median(step_seconds[1:] or step_seconds)), history=history)
-  return out
+  return out, best_params
 
 
 def main():
@@ -303,6 +315,9 @@ def main():
   parser.add_argument("--lora-rank", type=int, default=8)
   parser.add_argument("--lora-layers", type=int, default=2, help="adapters in the last that many "
                       "blocks (0: all); the backward pass stops below them")
+  parser.add_argument("--finetune-epochs", type=int, default=4,
+                      help="epochs of the variants that continue from another")
+  parser.add_argument("--finetune-lr", type=float, default=1e-3)
   parser.add_argument("--positions", type=int, default=128, help="mixed_softmax positions per step")
   parser.add_argument("--num-negatives", type=int, default=128, help="mixed_softmax uniform negatives")
   parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
@@ -331,9 +346,14 @@ def main():
   variants = [v for v in args.variants
               if VARIANTS[v].content != "categorical" or data_config.item_features_path]
   results = {"popularity": {"test": popularity_ranks(protocol, protocol.test)}}
+  selected = {}
   for name in variants:
-    features = features_for(VARIANTS[name], data_config, split, protocol.train, text)
-    results[name] = run(name, protocol, features, text, args)
+    variant = VARIANTS[name]
+    if variant.start_from and variant.start_from not in selected:
+      sys.exit(f"variant {name!r} continues from {variant.start_from!r}: list that one first")
+    features = features_for(variant, data_config, split, protocol.train, text)
+    results[name], selected[name] = run(name, protocol, features, text, args,
+                                        selected.get(variant.start_from))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(["benchmarks/cold_start.py", *sys.argv[1:]]),
                                "args": vars(args), "data": stats, "backend": jax.default_backend(),

@@ -120,6 +120,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Device mesh (parallel/mesh.py): "data" splits the batch, "model" the item table by rows; -1: the rest.
   c.train.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
   c.train.grad_accum_steps = 1     # micro-batches per step: same update, 1/n of the activations
+  # A bundle (or a workdir with one) whose parameters start this run wherever their path and
+  # shape match (e.g. a text tower fine-tuned from a frozen-text run); the rest initialise fresh.
+  c.train.init_from = ""
   c.train.progress_bar = True
   c.train.nan_policy = "raise"     # non-finite loss or gradient: "raise" (stop, naming the step) or "skip" the update
   c.train.keep_checkpoints = 2     # `latest` and `best` checkpoints kept, for falling back from a damaged one

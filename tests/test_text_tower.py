@@ -205,3 +205,41 @@ def test_adapters_in_the_last_blocks_only():
   assert adapted == {f"layer_{TINY.num_hidden_layers - 1}"}
   with pytest.raises(ValueError, match="layers must be >= 0"):
     LoRAConfig(rank=2, layers=-1)
+
+
+def test_init_from_a_frozen_text_run_takes_its_parameters_and_adds_fresh_adapters(
+    tmp_path, monkeypatch, data_file):
+  from recattn_jax.parallel import make_mesh  # noqa: PLC0415
+  from recattn_jax.training import tasks  # noqa: PLC0415
+  from recattn_jax.training.bundle import (BundleError, init_from_bundle, read_bundle,  # noqa: PLC0415
+                                           warm_start)
+  from recattn_jax.training.loop import train_and_evaluate  # noqa: PLC0415
+
+  monkeypatch.setenv("RECATTN_EMBEDDING_DIR", str(tmp_path / "cache"))
+  frozen = tower_config(tmp_path, data_file)
+  frozen.model.sasrec.item_text_lora_rank = 0
+  frozen.train.loss.name = "softmax"
+  frozen.train.num_epochs = 1
+  train_and_evaluate(frozen, str(tmp_path / "frozen"))
+  source = read_bundle(tmp_path / "frozen" / "bundle").params
+
+  config = tower_config(tmp_path, data_file)
+  config.train.init_from = str(tmp_path / "frozen")  # a workdir: its bundle
+  job = tasks.build_job(config, make_mesh(num_devices=1))
+  report = job.stats["init_from"]
+  assert report["fresh_leaves"] and all("_lora" in key or "text_tower" in key
+                                        for key in report["fresh_leaves"])
+  params = job.state.params["params"]
+  np.testing.assert_array_equal(np.asarray(params["item_embed"]["embedding"]),
+                                source["params"]["item_embed"]["embedding"])
+  np.testing.assert_array_equal(
+      np.asarray(params["item_embed"]["content"]["text_projection"]["kernel"]),
+      source["params"]["item_embed"]["content"]["text_projection"]["kernel"])
+
+  wider = jax.tree.map(lambda x: np.zeros((*np.shape(x)[:-1], np.shape(x)[-1] + 1)) if np.ndim(x)
+                       else x, source)
+  with pytest.raises(BundleError, match="do not fit this model"):
+    warm_start(job.state.params, wider)
+  item_ids = read_bundle(tmp_path / "frozen" / "bundle").data.item_ids
+  with pytest.raises(BundleError, match="catalogue"):
+    init_from_bundle(job.state.params, tmp_path / "frozen", item_ids[::-1])

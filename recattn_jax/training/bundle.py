@@ -31,6 +31,7 @@ from typing import Any
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -267,3 +268,46 @@ def read_bundle(path: str | pathlib.Path) -> Bundle:
       item_features=_features(arrays, manifest, item_ids), user_profiles=profiles,
       stats=manifest.get("data_stats", {}))
   return Bundle(path=path, manifest=manifest, params=params, data=data)
+
+
+def warm_start(params: Any, source: Any, *, where: str = "source") -> tuple[Any, dict]:
+  """(`params` with every leaf `source` has at the same path taken from it, what was taken).
+
+  Leaves only `params` has (e.g. new adapters) keep their initial values;
+  leaves only `source` has are ignored; a leaf both have with different shapes
+  is an error naming it (another width or catalogue).
+  """
+  flat = {jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(source)}
+  taken, fresh, wrong = [], [], []
+
+  def pick(path, leaf):
+    key = jax.tree_util.keystr(path)
+    if key not in flat:
+      fresh.append(key)
+      return leaf
+    if np.shape(flat[key]) != leaf.shape:
+      wrong.append(f"{key}: {np.shape(flat[key])} (model: {leaf.shape})")
+      return leaf
+    taken.append(key)
+    return jax.device_put(jnp.asarray(flat[key], leaf.dtype), leaf.sharding)
+
+  params = jax.tree_util.tree_map_with_path(pick, params)
+  if wrong:
+    raise BundleError(f"{where}: parameters do not fit this model: " + "; ".join(wrong[:5]))
+  return params, {"taken_leaves": len(taken), "fresh_leaves": fresh,
+                  "ignored_leaves": len(flat) - len(taken)}
+
+
+def init_from_bundle(params: Any, path: str | pathlib.Path, item_ids: np.ndarray) -> tuple[Any, dict]:
+  """`warm_start` from the bundle at `path` (or `path`/bundle), whose catalogue must be `item_ids`."""
+  path = pathlib.Path(path)
+  if not (path / MANIFEST).exists() and (path / "bundle" / MANIFEST).exists():
+    path = path / "bundle"
+  bundle = read_bundle(path)
+  if list(bundle.data.item_ids) != list(item_ids):
+    raise BundleError(f"train.init_from={str(path)!r}: the bundle's catalogue "
+                      f"({len(bundle.data.item_ids) - 1} items) is not this run's "
+                      f"({len(item_ids) - 1} items, or another order): its rows would be other items")
+  params, report = warm_start(params, bundle.params, where=f"train.init_from={str(path)!r}")
+  return params, {"path": str(path.absolute()), **report}

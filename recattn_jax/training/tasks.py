@@ -48,7 +48,7 @@ from recattn_jax.text.bert import freeze
 from recattn_jax.text.embed import cached_embeddings
 from recattn_jax.text.get_model import MODELS as TEXT_MODELS, fetch_model
 from recattn_jax.training import pointwise_task
-from recattn_jax.training.bundle import BundleData
+from recattn_jax.training.bundle import BundleData, init_from_bundle
 from recattn_jax.training.losses import LOSSES, next_item_loss_fn
 from recattn_jax.training.steps import (TrainState, init_state, make_catalogue_step,
                                         make_optimizer, make_rank_step, make_top_k_step,
@@ -239,11 +239,17 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
     optimizer = freeze(optimizer, frozen_text_weights)
   state = init_state(functools.partial(init_encoder, model, max_len=max_len), optimizer,
                      seed=config.seed, mesh=mesh)
-  stats = split.stats
+  stats = dict(split.stats)
   if model.has_text_tower:
     state = state.replace(params=insert_pretrained(state.params, data.text_weights))
     stats = {**stats, "text_tower": text_tower_sizes(state.params)}
     log.info("text tower: %s", stats["text_tower"])
+  if config.train.init_from:
+    params, stats["init_from"] = init_from_bundle(state.params, config.train.init_from,
+                                                  split.item_ids)
+    state = state.replace(params=params)
+    log.info("initialised from %s: %d parameter arrays taken, new: %s", config.train.init_from,
+             stats["init_from"]["taken_leaves"], stats["init_from"]["fresh_leaves"])
   data_iter = iter(train_dataset(
       split.train, max_len=max_len, batch_size=config.train.batch_size, seed=config.seed,
       padding=config.data.padding, pack=config.data.pack, all_windows=config.data.all_windows,
@@ -381,6 +387,8 @@ def _check_pointwise_data_config(data_config: ml_collections.ConfigDict, task: s
 
 def pointwise_job(config: ml_collections.ConfigDict, mesh: Mesh, task: str) -> Job:
   _check_pointwise_data_config(config.data, task)
+  if config.train.init_from:
+    raise ValueError(f"train.init_from is supported by task='ranking' only, not {task!r}")
   data_config = resolve_paths(config.data)
   frame, path = load_interactions(data_config)
   if task == "rating":
