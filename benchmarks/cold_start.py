@@ -29,11 +29,12 @@ have been negatives). The LoRA tower needs a candidate loss instead,
 `mixed_softmax` (`--positions` sampled positions' targets + `--num-negatives`
 uniform negatives among the trained items, log-Q corrected), which on this CPU
 affords ~2% of a batch's positions a step; so "text+lora" starts from the
-"text" variant's selected parameters and trains `--finetune-epochs` more with
-adapters (`--lora-rank`, in the last `--lora-layers` blocks), and
-"text_mixed" does the same without adapters, to separate the adapters' effect
-from the extra epochs'. Their epoch 0 (the starting point) is a candidate of
-the validation selection.
+"text" variant's selected parameters and trains only the adapters
+(`--lora-rank`, in the last `--lora-layers` blocks; `train.trainable="_lora"`)
+for `--finetune-epochs`. "text+lora_all" trains everything that way, and
+"text_mixed" everything without adapters (the controls: what the noisy
+few-position loss does to the recommender itself). Their epoch 0 (the
+starting point) is a candidate of the validation selection.
 
 Each variant is evaluated on validation after every epoch and the epoch with
 the best overall validation NDCG@10 is the one reported on test. Standard
@@ -64,7 +65,7 @@ from recattn_jax.data.loading import load_split, load_split_features, resolve_pa
 from recattn_jax.data.pipeline import eval_batches, rows_per_pass, train_dataset  # noqa: E402
 from recattn_jax.evaluation import target_ranks  # noqa: E402
 from recattn_jax.models import SASRec, init_encoder  # noqa: E402
-from recattn_jax.models.text_tower import frozen_text_weights, insert_pretrained  # noqa: E402
+from recattn_jax.models.text_tower import insert_pretrained  # noqa: E402
 from recattn_jax.parallel import make_mesh  # noqa: E402
 from recattn_jax.text.bert import freeze  # noqa: E402
 from recattn_jax.training import tasks  # noqa: E402
@@ -78,11 +79,12 @@ from recattn_jax.training.steps import (init_state, make_catalogue_step, make_op
 @dataclasses.dataclass(frozen=True)
 class Variant:
   representation: str
-  content: str | None = None  # "categorical" | "text" | None
+  content: str | None = None  # "categorical", "text", "categorical+text" or None
   id_dropout: float = 0.0
   lora: bool = False
   loss: str = "softmax"
   start_from: str | None = None  # continue from this variant's selected parameters
+  trainable: str = ""  # train.trainable: a regex of the parameters that train ("": all)
 
 
 VARIANTS = {
@@ -90,8 +92,11 @@ VARIANTS = {
     "content": Variant("content", "categorical"),
     "both+id_dropout": Variant("both", "categorical", 0.5),
     "text": Variant("content", "text"),
+    "content+text": Variant("content", "categorical+text"),
     "text_mixed": Variant("content", "text", loss="mixed_softmax", start_from="text"),
-    "text+lora": Variant("content", "text", lora=True, loss="mixed_softmax", start_from="text"),
+    "text+lora_all": Variant("content", "text", lora=True, loss="mixed_softmax", start_from="text"),
+    "text+lora": Variant("content", "text", lora=True, loss="mixed_softmax", start_from="text",
+                         trainable="_lora"),
     "id+text+id_dropout": Variant("both", "text", 0.5),
 }
 DATASETS = {"ml-100k": get_default_config, "lastfm": get_lastfm_config}
@@ -170,12 +175,11 @@ def features_for(variant: Variant, data_config, split, train, text):
   if variant.content is None:
     return None
   config = data_config.copy_and_resolve_references()
-  if variant.content == "categorical":
-    if not config.item_features_path:
-      raise ValueError("this dataset has no categorical item content")
-    config.text_embeddings_path = ""
-  else:
+  if "text" in variant.content:
     config = tasks.with_text_embeddings(config, split, text)
+  else:
+    config.text_embeddings_path = ""
+  if "categorical" not in variant.content:
     config.item_features_path = ""
   features = load_split_features(config, split).with_trained_items(train)
   if variant.lora:
@@ -248,14 +252,15 @@ def run(name: str, protocol: Protocol, features, text, args, start=None) -> tupl
                        all_windows=True)
   steps_per_epoch = math.ceil(rows / args.batch_size)
   optimizer = make_optimizer(config.train, epochs * steps_per_epoch)
-  if variant.lora:
-    optimizer = freeze(optimizer, frozen_text_weights)
+  if variant.lora or variant.trainable:
+    optimizer = freeze(optimizer, functools.partial(tasks.frozen_parameters,
+                                                    trainable=variant.trainable))
   state = init_state(functools.partial(init_encoder, model, max_len=args.max_len), optimizer,
                      seed=args.seed, mesh=mesh)
   out = {"steps_per_epoch": steps_per_epoch}
   if variant.lora:
     state = state.replace(params=insert_pretrained(state.params, text.model.params))
-    out["parameters"] = tasks.text_tower_sizes(state.params)
+    out["parameters"] = tasks.text_tower_sizes(state.params, variant.trainable)
   if start is not None:
     state = state.replace(params=warm_start(state.params, start)[0])
   trained = np.zeros(len(protocol.popularity), bool)
@@ -300,7 +305,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-100k")
   parser.add_argument("--protocol", choices=("cold", "transfer"), default="cold")
-  parser.add_argument("--epochs", type=int, default=10)
+  parser.add_argument("--epochs", type=int, default=30)
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--lr", type=float, default=2e-3)
   parser.add_argument("--max-len", type=int, default=50)
@@ -321,9 +326,11 @@ def main():
   parser.add_argument("--positions", type=int, default=128, help="mixed_softmax positions per step")
   parser.add_argument("--num-negatives", type=int, default=128, help="mixed_softmax uniform negatives")
   parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                      default=["id", "content", "text", "text_mixed", "text+lora",
+                      default=["id", "content", "text", "content+text", "text+lora",
                                "id+text+id_dropout"])
   parser.add_argument("--out", default=None)
+  parser.add_argument("--merge", action="store_true",
+                      help="keep the variants already in --out that this run does not repeat")
   args = parser.parse_args()
   out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results"
                      / f"{args.protocol}_{args.dataset}.json")
@@ -344,8 +351,13 @@ def main():
   print("data:", json.dumps(stats))
   text = tasks.item_text(data_config, split)
   variants = [v for v in args.variants
-              if VARIANTS[v].content != "categorical" or data_config.item_features_path]
+              if "categorical" not in (VARIANTS[v].content or "") or data_config.item_features_path]
   results = {"popularity": {"test": popularity_ranks(protocol, protocol.test)}}
+  commands = [" ".join(["benchmarks/cold_start.py", *sys.argv[1:]])]
+  if args.merge and out.exists():
+    previous = json.loads(out.read_text())
+    results = {**previous["results"], **results}
+    commands = previous.get("commands", [previous.get("command")]) + commands
   selected = {}
   for name in variants:
     variant = VARIANTS[name]
@@ -355,8 +367,7 @@ def main():
     results[name], selected[name] = run(name, protocol, features, text, args,
                                         selected.get(variant.start_from))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(["benchmarks/cold_start.py", *sys.argv[1:]]),
-                               "args": vars(args), "data": stats, "backend": jax.default_backend(),
+    out.write_text(json.dumps({"commands": commands, "args": vars(args), "data": stats, "backend": jax.default_backend(),
                                "results": results}, indent=2, default=str) + "\n")
   sets = list(protocol.test)
   print(f"\ntest HR@10 / NDCG@10 (+- standard error), epoch chosen on validation NDCG@10")

@@ -123,6 +123,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   # A bundle (or a workdir with one) whose parameters start this run wherever their path and
   # shape match (e.g. a text tower fine-tuned from a frozen-text run); the rest initialise fresh.
   c.train.init_from = ""
+  # A regex over parameter paths (e.g. "_lora": the text tower's adapters only): only matching
+  # parameters train, the others keep their values ("": every parameter trains).
+  c.train.trainable = ""
   c.train.progress_bar = True
   c.train.nan_policy = "raise"     # non-finite loss or gradient: "raise" (stop, naming the step) or "skip" the update
   c.train.keep_checkpoints = 2     # `latest` and `best` checkpoints kept, for falling back from a damaged one

@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import pathlib
+import re
 from typing import Any, Callable
 
 import grain
@@ -235,15 +236,19 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
   rows = rows_per_pass(split.train, max_len=max_len, seed=config.seed, pack=config.data.pack,
                        all_windows=config.data.all_windows, objective=objective)
   steps_per_epoch, total_steps, optimizer = _training_schedule(config, rows, drop_remainder=False)
-  if model.has_text_tower:
-    optimizer = freeze(optimizer, frozen_text_weights)
+  if model.has_text_tower or config.train.trainable:
+    optimizer = freeze(optimizer, functools.partial(frozen_parameters,
+                                                    trainable=config.train.trainable))
   state = init_state(functools.partial(init_encoder, model, max_len=max_len), optimizer,
                      seed=config.seed, mesh=mesh)
   stats = dict(split.stats)
   if model.has_text_tower:
     state = state.replace(params=insert_pretrained(state.params, data.text_weights))
-    stats = {**stats, "text_tower": text_tower_sizes(state.params)}
+    stats["text_tower"] = text_tower_sizes(state.params, config.train.trainable)
     log.info("text tower: %s", stats["text_tower"])
+  if all(jax.tree.leaves(frozen_parameters(state.params, config.train.trainable))):
+    raise ValueError(f"train.trainable={config.train.trainable!r} matches no parameter that can "
+                     "train (paths look like \"['params']['item_embed']['embedding']\")")
   if config.train.init_from:
     params, stats["init_from"] = init_from_bundle(state.params, config.train.init_from,
                                                   split.item_ids)
@@ -320,15 +325,31 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
                  stats=split.stats))
 
 
-def text_tower_sizes(params) -> dict:
-  """Parameter counts: the text tower's adapters, its frozen pretrained weights, all trainable ones."""
+def frozen_parameters(params, trainable: str = ""):
+  """True at the parameters that never train: the text tower's pretrained weights, and with
+  `trainable` (a regex, `train.trainable`) every parameter whose path it does not match."""
+  try:
+    pattern = re.compile(trainable) if trainable else None
+  except re.error as e:
+    raise ValueError(f"train.trainable={trainable!r} is not a regular expression: {e}") from e
+  frozen = frozen_text_weights(params)
+  if pattern is None:
+    return frozen
+  return jax.tree_util.tree_map_with_path(
+      lambda path, is_frozen: is_frozen or not pattern.search(jax.tree_util.keystr(path)), frozen)
+
+
+def text_tower_sizes(params, trainable: str = "") -> dict:
+  """Parameter counts: the text tower's adapters and pretrained weights, all trainable ones."""
   counts = {"adapter_params": 0, "pretrained_params": 0, "trainable_params": 0}
-  for (path, leaf), frozen in zip(jax.tree_util.tree_leaves_with_path(params),
-                                  jax.tree.leaves(frozen_text_weights(params))):
+  for (path, leaf), pretrained, frozen in zip(
+      jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(frozen_text_weights(params)),
+      jax.tree.leaves(frozen_parameters(params, trainable))):
     size = int(np.prod(leaf.shape))
-    counts["pretrained_params" if frozen else "trainable_params"] += size
-    if not frozen and "text_tower" in jax.tree_util.keystr(path):
-      counts["adapter_params"] += size
+    name = jax.tree_util.keystr(path)
+    counts["pretrained_params"] += size * pretrained
+    counts["trainable_params"] += size * (not frozen)
+    counts["adapter_params"] += size * ("text_tower" in name and "_lora" in name)
   return counts
 
 
