@@ -243,3 +243,29 @@ def test_init_from_a_frozen_text_run_takes_its_parameters_and_adds_fresh_adapter
   item_ids = read_bundle(tmp_path / "frozen" / "bundle").data.item_ids
   with pytest.raises(BundleError, match="catalogue"):
     init_from_bundle(job.state.params, tmp_path / "frozen", item_ids[::-1])
+
+
+def test_train_trainable_keeps_everything_else_fixed(tmp_path, monkeypatch, data_file):
+  from recattn_jax.parallel import make_mesh  # noqa: PLC0415
+  from recattn_jax.training import tasks  # noqa: PLC0415
+  from recattn_jax.training.steps import shard_batch  # noqa: PLC0415
+
+  monkeypatch.setenv("RECATTN_EMBEDDING_DIR", str(tmp_path / "cache"))
+  config = tower_config(tmp_path, data_file)
+  config.train.trainable = "_lora"
+  mesh = make_mesh(num_devices=1)
+  job = tasks.build_job(config, mesh)
+  sizes = job.stats["text_tower"]
+  assert sizes["trainable_params"] == sizes["adapter_params"] > 0
+  before = jax.tree_util.tree_leaves_with_path(jax.tree.map(np.asarray, job.state.params))
+  state, _ = job.make_train_step(job.state)(job.state, shard_batch(next(job.data_iter), mesh))
+  moved = {jax.tree_util.keystr(path): not np.array_equal(old, np.asarray(new))
+           for (path, old), new in zip(before, jax.tree.leaves(state.params))}
+  assert not any(m for name, m in moved.items() if "_lora" not in name)
+  assert any(m for name, m in moved.items() if name.endswith("_lora']['b']"))
+  config.train.trainable = "no_such_parameter"
+  with pytest.raises(ValueError, match="matches no parameter"):
+    tasks.build_job(config, mesh)
+  config.train.trainable = "("
+  with pytest.raises(ValueError, match="not a regular expression"):
+    tasks.build_job(config, mesh)
