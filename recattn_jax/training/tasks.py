@@ -201,10 +201,14 @@ def with_text_embeddings(data_config: ml_collections.ConfigDict, split: Split,
   return resolved
 
 
-def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray, *, sharded: bool):
+def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray, *, sharded: bool,
+                  text_tower: bool = False):
   """The configured loss, and the items it may rank over (`train.negatives`)."""
   name = config.train.loss.name
   loss_fn = next_item_loss_fn(name, **config.train.loss.get(name, {}))
+  if text_tower and not LOSSES.spec(name).get("candidates"):
+    raise ValueError(f"model.{config.model.name}.item_text_lora_rank > 0: the text tower runs on "
+                     f"a step's candidates only; set train.loss.name='mixed_softmax' (not {name!r})")
   if sharded and (not LOSSES.spec(name).get("item_mask") or LOSSES.spec(name).get("candidates")):
     raise ValueError(f"train.loss.name={name!r} does not run on an item table split over "
                      "train.mesh.model > 1 devices yet; use 'softmax' (the full softmax is "
@@ -217,6 +221,35 @@ def _ranking_loss(config: ml_collections.ConfigDict, popularity: np.ndarray, *, 
     raise ValueError(f"train.negatives='trained' needs a loss registered with item_mask=True "
                      f"(e.g. 'softmax'), not train.loss.name={name!r}")
   return loss_fn, popularity > 0  # items that arrive after training could not have been negatives
+
+
+def _ranking_state(config: ml_collections.ConfigDict, model, optimizer, data: RankingData,
+                   mesh: Mesh) -> tuple[TrainState, Any, dict]:
+  """(initial state, the optimizer with frozen parameters masked, stats of what was loaded).
+
+  A text tower gets its pretrained weights (frozen), `train.trainable`
+  freezes what it does not match, `train.init_from` brings a bundle's parameters.
+  """
+  stats = dict(data.split.stats)
+  init_params = functools.partial(init_encoder, model, max_len=model.max_len)
+  if model.has_text_tower or config.train.trainable:
+    frozen = functools.partial(frozen_parameters, trainable=config.train.trainable)
+    if all(jax.tree.leaves(frozen(jax.eval_shape(init_params, jax.random.PRNGKey(0))))):
+      raise ValueError(f"train.trainable={config.train.trainable!r} matches no parameter that "
+                       "can train (paths look like \"['params']['item_embed']['embedding']\")")
+    optimizer = freeze(optimizer, frozen)
+  state = init_state(init_params, optimizer, seed=config.seed, mesh=mesh)
+  if model.has_text_tower:
+    state = state.replace(params=insert_pretrained(state.params, data.text_weights))
+    stats["text_tower"] = text_tower_sizes(state.params, config.train.trainable)
+    log.info("text tower: %s", stats["text_tower"])
+  if config.train.init_from:
+    params, stats["init_from"] = init_from_bundle(state.params, config.train.init_from,
+                                                  data.split.item_ids)
+    state = state.replace(params=params)
+    log.info("initialised from %s: %d parameter arrays taken, new: %s", config.train.init_from,
+             stats["init_from"]["taken_leaves"], stats["init_from"]["fresh_leaves"])
+  return state, optimizer, stats
 
 
 @TASKS.register("ranking", metrics=_ranking_metrics)
@@ -232,29 +265,15 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
   timestamps = "timestamps" in spec["batch_keys"]
   with_users = data.user_profiles is not None
 
-  # Training: the pipeline, the schedule, the state and the batch loss.
+  # Training: the loss, the schedule, the state and the pipeline.
+  popularity = item_popularity(split.train, split.num_items)
+  sharded = mesh.shape[MODEL_AXIS] > 1
+  loss_fn, item_mask = _ranking_loss(config, popularity, sharded=sharded,
+                                     text_tower=model.has_text_tower)
   rows = rows_per_pass(split.train, max_len=max_len, seed=config.seed, pack=config.data.pack,
                        all_windows=config.data.all_windows, objective=objective)
   steps_per_epoch, total_steps, optimizer = _training_schedule(config, rows, drop_remainder=False)
-  if model.has_text_tower or config.train.trainable:
-    optimizer = freeze(optimizer, functools.partial(frozen_parameters,
-                                                    trainable=config.train.trainable))
-  state = init_state(functools.partial(init_encoder, model, max_len=max_len), optimizer,
-                     seed=config.seed, mesh=mesh)
-  stats = dict(split.stats)
-  if model.has_text_tower:
-    state = state.replace(params=insert_pretrained(state.params, data.text_weights))
-    stats["text_tower"] = text_tower_sizes(state.params, config.train.trainable)
-    log.info("text tower: %s", stats["text_tower"])
-  if all(jax.tree.leaves(frozen_parameters(state.params, config.train.trainable))):
-    raise ValueError(f"train.trainable={config.train.trainable!r} matches no parameter that can "
-                     "train (paths look like \"['params']['item_embed']['embedding']\")")
-  if config.train.init_from:
-    params, stats["init_from"] = init_from_bundle(state.params, config.train.init_from,
-                                                  split.item_ids)
-    state = state.replace(params=params)
-    log.info("initialised from %s: %d parameter arrays taken, new: %s", config.train.init_from,
-             stats["init_from"]["taken_leaves"], stats["init_from"]["fresh_leaves"])
+  state, optimizer, stats = _ranking_state(config, model, optimizer, data, mesh)
   data_iter = iter(train_dataset(
       split.train, max_len=max_len, batch_size=config.train.batch_size, seed=config.seed,
       padding=config.data.padding, pack=config.data.pack, all_windows=config.data.all_windows,
@@ -263,13 +282,6 @@ def ranking_job(config: ml_collections.ConfigDict, mesh: Mesh) -> Job:
       timestamps=split.train_timestamps if timestamps else None,
       users=split.train_users if with_users else None,
       rows=process_rows(mesh, config.train.batch_size)))
-  popularity = item_popularity(split.train, split.num_items)
-  sharded = mesh.shape[MODEL_AXIS] > 1
-  loss_fn, item_mask = _ranking_loss(config, popularity, sharded=sharded)
-  if model.has_text_tower and not LOSSES.spec(config.train.loss.name).get("candidates"):
-    raise ValueError(f"model.{config.model.name}.item_text_lora_rank > 0: the text tower runs on "
-                     "a step's candidates only; set train.loss.name='mixed_softmax' (not "
-                     f"{config.train.loss.name!r})")
 
   # Evaluation: full ranking of both protocols, beyond-accuracy lists, the baseline.
   catalogue_step = make_catalogue_step(model, mesh)
