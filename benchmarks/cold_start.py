@@ -201,6 +201,17 @@ def evaluate(rank_step, table, params, sets, excluded, mesh, max_len: int) -> di
   return out
 
 
+def paired(a: dict, b: dict) -> dict:
+  """Per-example differences a - b of HR@10 and NDCG@10 on the same examples, with standard errors."""
+  out = {}
+  for metric, per_example in (("HR@10", lambda r: (r < 10).astype(float)),
+                              ("NDCG@10", lambda r: np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0))):
+    diff = per_example(np.asarray(a["ranks"])) - per_example(np.asarray(b["ranks"]))
+    out[metric] = float(diff.mean())
+    out[f"{metric}_se"] = float(diff.std(ddof=1) / math.sqrt(len(diff)))
+  return out
+
+
 def summarize(ranks: np.ndarray) -> dict:
   """HR@10 / NDCG@10 with their standard errors over the examples."""
   hit = ranks < 10
@@ -208,7 +219,7 @@ def summarize(ranks: np.ndarray) -> dict:
   se = lambda x: float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
   return {"HR@10": float(hit.mean()), "HR@10_se": se(hit.astype(float)),
           "NDCG@10": float(ndcg.mean()), "NDCG@10_se": se(ndcg), "mean_rank": float(ranks.mean()),
-          "examples": len(ranks)}
+          "examples": len(ranks), "ranks": ranks.astype(int).tolist()}
 
 
 def overall(metrics: dict, metric: str = "NDCG@10") -> float:
@@ -376,6 +387,12 @@ def main():
     cells = "".join(f"{r['HR@10']:>10.4f}+-{r['HR@10_se']:.4f} / {r['NDCG@10']:.4f}+-{r['NDCG@10_se']:.4f}"
                     for r in (result["test"][s] for s in sets))
     print(f"{name:<20}{cells}")
+  if "text" in results and "content" in results:
+    print("\ntext - content, paired over the same test examples (+- standard error):")
+    for name in sets:
+      diff = paired(results["text"]["test"][name], results["content"]["test"][name])
+      print(f"  {name:<18} HR@10 {diff['HR@10']:+.4f}+-{diff['HR@10_se']:.4f}   "
+            f"NDCG@10 {diff['NDCG@10']:+.4f}+-{diff['NDCG@10_se']:.4f}")
   print(f"\nwrote {out}")
 
 
