@@ -164,9 +164,8 @@ def with_text_tokens(features: ItemFeatures, text: ItemText,
   """`features` with the items' token ids and the encoder's settings, for a text tower."""
   tokens = text.model.tokenize(text.texts, data_config.text_max_length)[0]
   tokens[0] = 0  # the padding row has no text
-  return dataclasses.replace(
-      features, text_tokens=tokens, text_encoder={"bert": dataclasses.asdict(text.model.config),
-                    "pooling": data_config.text_pooling})
+  settings = {"bert": dataclasses.asdict(text.model.config), "pooling": data_config.text_pooling}
+  return dataclasses.replace(features, text_tokens=tokens, text_encoder=settings)
 
 
 def item_text(data_config: ml_collections.ConfigDict, split: Split) -> ItemText | None:
