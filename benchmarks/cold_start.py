@@ -378,13 +378,15 @@ def main():
     results[name], selected[name] = run(name, protocol, features, text, args,
                                         selected.get(variant.start_from))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"commands": commands, "args": vars(args), "data": stats, "backend": jax.default_backend(),
-                               "results": results}, indent=2, default=str) + "\n")
+    payload = {"commands": commands, "args": vars(args), "data": stats,
+               "backend": jax.default_backend(), "results": results}
+    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
   sets = list(protocol.test)
   print(f"\ntest HR@10 / NDCG@10 (+- standard error), epoch chosen on validation NDCG@10")
   print(f"{'model':<20}" + "".join(f"{name:>34}" for name in sets))
   for name, result in results.items():
-    cells = "".join(f"{r['HR@10']:>10.4f}+-{r['HR@10_se']:.4f} / {r['NDCG@10']:.4f}+-{r['NDCG@10_se']:.4f}"
+    cells = "".join(f"{r['HR@10']:>10.4f}+-{r['HR@10_se']:.4f} / "
+                    f"{r['NDCG@10']:.4f}+-{r['NDCG@10_se']:.4f}"
                     for r in (result["test"][s] for s in sets))
     print(f"{name:<20}{cells}")
   if "text" in results and "content" in results:
