@@ -156,7 +156,7 @@ def test_a_trained_tower_run_is_served_with_its_refreshed_catalogue(tmp_path, mo
 
   monkeypatch.setenv("RECATTN_EMBEDDING_DIR", str(tmp_path / "cache"))
   config = tower_config(tmp_path, data_file)
-  config.train.num_epochs = 2
+  config.train.num_epochs = 1
   results = train_and_evaluate(config, str(tmp_path / "run"))
   written = json.loads((tmp_path / "run" / "results.json").read_text())
   assert written["data"]["text_tower"]["adapter_params"] > 0
