@@ -96,6 +96,7 @@ def test_the_tower_starts_at_the_frozen_vectors_trains_only_adapters_and_refresh
     tmp_path, monkeypatch, data_file):
   from recattn_jax.models import build_encoder  # noqa: PLC0415
   from recattn_jax.models.scoring import catalogue_text_vectors, item_table  # noqa: PLC0415
+  from recattn_jax.models.text_tower import insert_pretrained  # noqa: PLC0415
   from recattn_jax.parallel import make_mesh  # noqa: PLC0415
   from recattn_jax.text import load_pretrained  # noqa: PLC0415
   from recattn_jax.training import tasks  # noqa: PLC0415
@@ -114,6 +115,12 @@ def test_the_tower_starts_at_the_frozen_vectors_trains_only_adapters_and_refresh
   np.testing.assert_array_equal(np.asarray(tower["layer_0"]["query"]["kernel"]),
                                 np.asarray(pretrained["layer_0"]["query"]["kernel"]))
   sizes = job.stats["text_tower"]
+  # The state holds its own copy: the train step donates it, the caller's arrays must survive.
+  source = jax.tree.map(jnp.asarray, {"params": pretrained})
+  copied = insert_pretrained(params, source)
+  kernel = lambda tree: tree["params"]["item_embed"]["text_tower"]["bert"]["layer_0"]["query"]["kernel"]
+  assert (kernel(copied).unsafe_buffer_pointer()
+          != source["params"]["layer_0"]["query"]["kernel"].unsafe_buffer_pointer())
   assert sizes["adapter_params"] == 2 * 2 * (16 * 4 + 4 * 16)  # 2 layers x (query, value) x (A, B)
   assert sizes["pretrained_params"] == sum(x.size for x in jax.tree.leaves(pretrained))
 

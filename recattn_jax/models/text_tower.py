@@ -93,7 +93,8 @@ def _merge(ours, theirs, where: str):
   if not isinstance(ours, dict):
     if jnp.shape(ours) != jnp.shape(theirs):
       raise ValueError(f"pretrained {where} has shape {jnp.shape(theirs)}, the tower {jnp.shape(ours)}")
-    return jax.device_put(jnp.asarray(theirs, ours.dtype), ours.sharding)
+    # A host copy, so the state never aliases the caller's arrays (the train step donates it).
+    return jax.device_put(jnp.array(theirs, ours.dtype, copy=True), ours.sharding)
   out = {}
   for name, value in ours.items():
     if name.endswith("_lora"):

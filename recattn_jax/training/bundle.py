@@ -290,7 +290,7 @@ def warm_start(params: Any, source: Any, *, where: str = "source") -> tuple[Any,
       wrong.append(f"{key}: {np.shape(flat[key])} (model: {leaf.shape})")
       return leaf
     taken.append(key)
-    return jax.device_put(jnp.asarray(flat[key], leaf.dtype), leaf.sharding)
+    return jax.device_put(jnp.array(flat[key], leaf.dtype, copy=True), leaf.sharding)  # never aliased
 
   params = jax.tree_util.tree_map_with_path(pick, params)
   if wrong:
