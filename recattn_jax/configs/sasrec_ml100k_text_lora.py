@@ -12,10 +12,13 @@ and 128 uniform negatives (`mixed_softmax`, log-Q corrected), running the
 tower on those 256 items only; the catalogue is re-embedded before every
 evaluation. On a CPU that affords a few percent of a batch's positions per
 step, hence the recipe above: train the frozen-text model first, then
-fine-tune it here (`train.init_from` takes every parameter it has; the
-adapters start at zero effect). Without init_from it trains from scratch,
-which needs far more steps. With an accelerator, raise
-`train.loss.mixed_softmax.positions` (0: every position).
+fine-tune only the adapters here (`train.init_from` takes every parameter it
+has, the adapters start at zero effect, `train.trainable="_lora"`): training
+everything with so few positions a step degraded the recommender in
+benchmarks/cold_start.py, and adapters alone did not improve on the frozen
+text there (docs/results.md). To train from scratch instead, pass
+`--config.train.trainable=` (everything trains; far more steps needed). With
+an accelerator, raise `train.loss.mixed_softmax.positions` (0: every position).
 """
 
 from recattn_jax.configs import sasrec_ml100k_text
@@ -31,4 +34,5 @@ def get_config():
   config.train.num_epochs = 6
   config.train.eval_every_epochs = 1
   config.train.patience = 3
+  config.train.trainable = "_lora"
   return config
