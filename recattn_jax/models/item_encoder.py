@@ -255,13 +255,15 @@ class ItemEncoder(nn.Module):
 
     A table split by rows over devices is used `padded`: cutting it to N + 1
     rows would leave the shards uneven, and XLA would gather it. With a text
-    tower, `text_vectors` [N + 1, H] are its output for every row (computed
-    in one batch when not given; `scoring.item_table` computes them in chunks).
+    tower, `text_vectors` [N + 1, H] are its output for every row (required;
+    `scoring.item_table` computes them in chunks).
     """
     if padded and self.representation == "id":
       return self.embedding
     if self.has_text_tower and text_vectors is None:
-      text_vectors = self.text_tower(jnp.arange(self.num_items + 1), deterministic)
+      # One BERT batch over the whole catalogue would not fit a large one: callers go
+      # through `scoring.item_table`, which runs the tower in chunks.
+      raise ValueError("a text tower's table needs text_vectors (use models.scoring.item_table)")
     table = self._rows(None, deterministic, text_vectors)
     if padded:
       table = jnp.pad(table, ((0, table_rows(self.num_items) - table.shape[0]), (0, 0)))
