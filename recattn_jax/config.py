@@ -13,6 +13,7 @@ from ml_collections import config_dict
 from recattn_jax.data.datasets import shared_data_dir
 from recattn_jax.models import ENCODERS, POINTWISE_MODELS, encoder_kwargs, pointwise_kwargs
 from recattn_jax.training.losses import LOSSES, loss_kwargs
+from recattn_jax.training.trackers import check_trackers
 
 # The development datasets beside a checkout (override with $RECATTN_SHARED_DATA).
 SHARED_DATA = shared_data_dir()
@@ -127,6 +128,13 @@ def get_default_config() -> ml_collections.ConfigDict:
   # parameters train, the others keep their values ("": every parameter trains).
   c.train.trainable = ""
   c.train.progress_bar = True
+  # Where metrics go besides metrics.jsonl (training/trackers.py): "tensorboard", "wandb", "mlflow".
+  c.train.trackers = ("tensorboard",)
+  c.train.tracking = ml_collections.ConfigDict()
+  c.train.tracking.experiment = ""  # W&B project / MLflow experiment ("": "recattn_jax")
+  c.train.tracking.run_name = ""    # "": the workdir's folder name
+  c.train.tracking.group = ""       # runs compared together, e.g. a tuning study's trials
+  c.train.tracking.mlflow_uri = ""  # "": $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db
   c.train.nan_policy = "raise"     # non-finite loss or gradient: "raise" (stop, naming the step) or "skip" the update
   c.train.keep_checkpoints = 2     # `latest` and `best` checkpoints kept, for falling back from a damaged one
 
@@ -334,5 +342,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     heads = dict(_lookup(config, heads_field)).get(heads_field)
     if _COUNT.contains(dim) and _COUNT.contains(heads) and dim % heads:
       problems.append(f"{field}={dim} must be divisible by {heads_field}={heads}")
+  for _, names in _lookup(config, "train.trackers"):
+    problems += check_trackers(names)
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

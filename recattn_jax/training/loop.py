@@ -17,6 +17,7 @@ written by all (Orbax) and sealed by process 0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import pathlib
 import signal
 import threading
 import time
+from typing import Callable
 
 import jax
 import ml_collections
@@ -58,6 +60,14 @@ class TrainingInterrupted(Exception):
                      "run the same command again to resume")
 
 
+class DeadlineReached(Exception):
+  """The run's `deadline` passed; the latest state was saved, so the run can resume later."""
+
+  def __init__(self, step: int, workdir: pathlib.Path):
+    self.step = step
+    super().__init__(f"deadline reached: saved the state of step {step} in {workdir}")
+
+
 def _write_text(path: pathlib.Path, text: str):
   tmp = path.with_suffix(path.suffix + ".tmp")
   tmp.write_text(text, encoding="utf-8")
@@ -83,13 +93,22 @@ def format_table(results: dict, ks=None) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                       force_resume: bool = False) -> dict:
+                       force_resume: bool = False, evaluate_test: bool = True,
+                       on_evaluation: Callable[[float, dict], None] | None = None,
+                       deadline: float | None = None) -> dict:
   """Trains until early stopping or `train.num_epochs`, then reports test metrics of the best model.
 
   Rerunning with the same `workdir` resumes from the latest intact checkpoint;
   a run that had finished only recomputes and rewrites the results. A workdir
   that holds a run of another config or other data is refused
   (`workdir.RunMismatchError`) unless `force_resume`.
+
+  For model selection (`recattn_jax.tuning`): `evaluate_test=False` never
+  touches the test split (results hold validation metrics only, and no bundle
+  is written; a later call with True on the finished workdir adds them);
+  `on_evaluation(epoch, valid_metrics)` is called after every validation,
+  once the state is saved (whatever it raises stops the run and propagates);
+  past `deadline` (a `time.time()`), the state is saved and DeadlineReached raised.
 
   Raises:
     ConfigError: a config field is out of range (before anything is read or written).
@@ -98,6 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     CheckpointError: no intact checkpoint to resume from, or the best one is damaged.
     NonFiniteError: the loss or gradient became non-finite (`train.nan_policy="raise"`).
     TrainingInterrupted: SIGTERM/SIGINT; the state was saved (`exit_code` 0/130).
+    DeadlineReached: `deadline` passed; the state was saved.
   """
   check_config(config)
   workdir = pathlib.Path(workdir)
@@ -105,10 +125,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   # One lock per run: on several hosts the first process speaks for all.
   lock = WorkdirLock(workdir) if is_primary() else contextlib.nullcontext()
   with lock:
-    return _run(config, workdir, force_resume=force_resume)
+    return _run(config, workdir, force_resume=force_resume, evaluate_test=evaluate_test,
+                hooks=_Hooks(on_evaluation, deadline))
 
 
-def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resume: bool) -> dict:
+@dataclasses.dataclass(frozen=True)
+class _Hooks:
+  on_evaluation: Callable[[float, dict], None] | None = None
+  deadline: float | None = None
+
+  def past_deadline(self) -> bool:
+    return self.deadline is not None and time.time() >= self.deadline
+
+
+def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resume: bool,
+         evaluate_test: bool, hooks: _Hooks) -> dict:
   mesh = make_mesh(config.train.mesh, config.train.num_devices)
   check_batch_sizes(config, mesh.shape[DATA_AXIS])
 
@@ -132,16 +163,17 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resu
     if is_primary():
       _write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 
-    writer = MetricWriter(workdir, resume_step=int(state.step), enabled=is_primary())
+    writer = MetricWriter(workdir, config, resume_step=int(state.step), enabled=is_primary())
     with _StopOnSignal() as stop:
       state = _train(state, progress, config=config, job=job, mesh=mesh, checkpoints=checkpoints,
-                     writer=writer, stop=stop, workdir=workdir)
+                     writer=writer, stop=stop, workdir=workdir, hooks=hooks)
     best_params = checkpoints.restore_best(state.params, progress.best_step)
     results = _final_results(best_params, state, progress, config=config, job=job,
-                             num_devices=mesh.size)
+                             num_devices=mesh.size, evaluate_test=evaluate_test)
     if forced_changes:
       results["forced_changes"] = forced_changes
-    writer.write(int(state.step), "test", results["test"][job.primary], protocol=job.primary)
+    if evaluate_test:
+      writer.write(int(state.step), "test", results["test"][job.primary], protocol=job.primary)
   finally:
     if hasattr(job.data_iter, "close"):
       job.data_iter.close()
@@ -150,6 +182,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resu
     checkpoints.close()
   if is_primary():
     _write_json(workdir / "results.json", results)
+  if is_primary() and evaluate_test:
     write_bundle(workdir / BUNDLE_DIR, config=config, params=best_params, data=job.bundle_data,
                  run=run_summary(results, workdir))
   return results
@@ -186,6 +219,10 @@ def export_bundle(workdir: str | pathlib.Path, out: str | pathlib.Path | None = 
     raise FileNotFoundError(f"{results_path} is missing: the run in {workdir} has not finished "
                             "(a bundle holds the best parameters of a finished run)")
   results = json.loads(results_path.read_text(encoding="utf-8"))
+  if "test" not in results:
+    raise ValueError(f"{results_path} holds validation metrics only (a tuning trial): "
+                     "train_and_evaluate(<its config>, workdir) adds the test metrics and the "
+                     "bundle without training again")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text(encoding="utf-8")))
   mesh = make_mesh(num_devices=1)
   job = build_job(config, mesh)
@@ -241,7 +278,7 @@ class _StopOnSignal:
 
 
 def _train(state, progress: Progress, *, config, job: Job, mesh, checkpoints: Checkpoints,
-           writer: MetricWriter, stop: _StopOnSignal, workdir: pathlib.Path):
+           writer: MetricWriter, stop: _StopOnSignal, workdir: pathlib.Path, hooks: _Hooks):
   """Steps until early stopping or the last step; evaluates and checkpoints every `eval_every` steps."""
   steps_per_epoch, total_steps = job.steps_per_epoch, job.total_steps
   eval_every = max(1, int(config.train.eval_every_epochs * steps_per_epoch))
@@ -300,6 +337,17 @@ def _train(state, progress: Progress, *, config, job: Job, mesh, checkpoints: Ch
                " - stopping" if progress.finished else "")
       checkpoints.save_latest(step, state, job.data_iter, progress)
       saved_step = step
+      if hooks.on_evaluation is not None:
+        checkpoints.wait()
+        hooks.on_evaluation(step / steps_per_epoch, valid)
+
+    if hooks.past_deadline() and not progress.finished:
+      if saved_step != step:
+        progress.train_seconds += time.perf_counter() - segment_start
+        checkpoints.save_latest(step, state, job.data_iter, progress)
+      checkpoints.wait()
+      bar.close()
+      raise DeadlineReached(step, workdir)
 
     if stop.signum is not None:
       if saved_step != step:
@@ -359,12 +407,13 @@ class _NonFiniteGuard:
 
 
 def _final_results(best_params, state, progress: Progress, *, config, job: Job,
-                   num_devices: int) -> dict:
+                   num_devices: int, evaluate_test: bool) -> dict:
   """Test and validation metrics of the best checkpoint, with what is needed to reproduce them."""
+  # The report (beyond-accuracy lists, baselines) is made on the test split too.
+  test = {"test": job.evaluate(best_params, "test"), **job.report(best_params)} if evaluate_test else {}
   return {
-      "test": job.evaluate(best_params, "test"),
+      **test,
       "valid": job.evaluate(best_params, "valid"),
-      **job.report(best_params),
       "task": config.task,
       "primary_protocol": job.primary,
       "best_step": progress.best_step,

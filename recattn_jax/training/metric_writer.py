@@ -1,4 +1,4 @@
-"""Metrics to `workdir/metrics.jsonl` (one JSON object per line) and TensorBoard event files.
+"""Metrics to `workdir/metrics.jsonl` (one JSON object per line) and the run's trackers.
 
 A crash mid-write can leave a torn last line: readers skip it with a warning
 and a resumed run drops it; damage anywhere else is an error naming the line.
@@ -11,22 +11,26 @@ import logging
 import os
 import pathlib
 
-log = logging.getLogger(__name__)
+import ml_collections
 
-from tensorboardX import SummaryWriter
+from recattn_jax.training.trackers import open_trackers
+
+log = logging.getLogger(__name__)
 
 
 class MetricWriter:
-  """Appends records; `enabled=False` (processes other than the first of a run) writes nothing."""
+  """Appends records, and sends them to the trackers `config.train.trackers` names
+  (`training.trackers`); `enabled=False` (processes other than the first of a run) writes nothing."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, resume_step: int = 0, enabled: bool = True):
+  def __init__(self, workdir: str | pathlib.Path, config: ml_collections.ConfigDict, *,
+               resume_step: int = 0, enabled: bool = True):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self.enabled = enabled
     if not enabled:
       return
     self._truncate_after(resume_step)
     self._file = open(self.path, "a", encoding="utf-8")
-    self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=resume_step or None)
+    self._trackers = open_trackers(pathlib.Path(workdir), config, resume_step)
 
   def _truncate_after(self, step: int):
     """Drops records past the resumed checkpoint (and old test results) so a resumed run's log reads like one run."""
@@ -43,15 +47,16 @@ class MetricWriter:
     record = {"step": int(step), "split": split, **extra, **{k: float(v) for k, v in metrics.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
-    for name, value in metrics.items():
-      # TensorBoard tags may not contain "@".
-      self._tb.add_scalar(f"{split}/{name.replace('@', '_at_')}", float(value), int(step))
+    if metrics:
+      for tracker in self._trackers:
+        tracker.log(step, split, metrics)
 
   def close(self):
     if not self.enabled:
       return
     self._file.close()
-    self._tb.close()
+    for tracker in self._trackers:
+      tracker.close()
 
 
 def _kept_on_resume(record: dict, step: int) -> bool:

@@ -36,6 +36,8 @@ IGNORED_FIELDS = frozenset({
     "train.progress_bar", "train.log_every_steps", "train.num_devices", "train.keep_checkpoints",
     "train.mesh.data", "train.mesh.model",  # a run resumes onto another mesh
     "data.prefetch", "eval.batch_size", "eval.item_chunk",
+    "train.trackers", "train.tracking.experiment", "train.tracking.run_name",
+    "train.tracking.group", "train.tracking.mlflow_uri",
 })
 
 

@@ -1,0 +1,47 @@
+"""Config files as values: load one by shipped name or path, and say how two configs differ."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import types
+from typing import Any
+
+import ml_collections
+
+from recattn_jax import configs
+
+
+def config_module(source: str) -> types.ModuleType:
+  """The module of a shipped config's name or of a config file's path."""
+  path = pathlib.Path(source)
+  if not path.exists():
+    path = configs.path(source)
+  spec = importlib.util.spec_from_file_location(f"_recattn_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path}: a config file must define get_config()")
+  return module
+
+
+def load_config(source: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a shipped config's name or of a config file's path."""
+  return config_module(source).get_config()
+
+
+def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  leaves = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      leaves.update(_leaves(value, f"{prefix}{key}."))
+    else:
+      leaves[f"{prefix}{key}"] = value
+  return leaves
+
+
+def changed_fields(base: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The fields of `config` whose values differ from `base`'s (or that `base` lacks)."""
+  old = _leaves(base)
+  return {field: value for field, value in _leaves(config).items()
+          if field not in old or old[field] != value or type(old[field]) is not type(value)}
