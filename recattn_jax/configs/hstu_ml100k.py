@@ -4,9 +4,17 @@
 """
 
 from recattn_jax.config import get_default_config
+from recattn_jax.tuning import Choice, default_space
 
 
 def get_config():
   config = get_default_config()
   config.model.name = "hstu"
   return config
+
+
+def get_search_space(config):
+  """`python -m recattn_jax.tune --config hstu_ml100k --budget 60m --workdir studies/hstu_ml100k`"""
+  space = default_space(config)
+  space["train.schedule"] = Choice(["constant", "cosine"])
+  return space

@@ -7,7 +7,18 @@ Both protocols (seen items excluded and not) are always reported; add
 """
 
 from recattn_jax.config import get_amazon_config
+from recattn_jax.tuning import Choice, default_space
 
 
 def get_config():
   return get_amazon_config("amazon-sports")
+
+
+def get_search_space(config):
+  """`python -m recattn_jax.tune --config sasrec_amazon_sports --budget 4h --workdir studies/sasrec_amazon_sports`
+
+  The histories are cut to 50 events by the preprocessing, so max_len stays.
+  """
+  space = default_space(config, max_lens=(50,), max_dropout=0.7)
+  space["train.schedule"] = Choice(["constant", "cosine"])
+  return space

@@ -12,7 +12,18 @@ option: `configs/sasrec_lastfm_friends.py`.
 """
 
 from recattn_jax.config import get_lastfm_config
+from recattn_jax.tuning import Choice, default_space
 
 
 def get_config():
   return get_lastfm_config()
+
+
+def get_search_space(config):
+  """`python -m recattn_jax.tune --config sasrec_lastfm --budget 4h --workdir studies/sasrec_lastfm`
+
+  The histories are each user's top 50 artists, so max_len stays.
+  """
+  space = default_space(config, max_lens=(50,), max_dropout=0.7)
+  space["train.schedule"] = Choice(["constant", "cosine"])
+  return space

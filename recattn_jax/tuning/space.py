@@ -181,16 +181,21 @@ def describe(space: Space) -> str:
   return json.dumps({k: encode(v) for k, v in space.items()}, sort_keys=True, default=str)
 
 
-def default_space(config: ml_collections.ConfigDict) -> Space:
-  """What is usually worth tuning for the config's model: optimiser, regularisation, size, loss."""
+def default_space(config: ml_collections.ConfigDict, *, max_lens=(50, 100, 200),
+                  max_dropout: float = 0.6) -> Space:
+  """What is usually worth tuning for the config's model: optimiser, regularisation, size, loss.
+
+  `max_lens` of one value leaves `data.max_len` alone (e.g. data cut to 50 events per user).
+  """
   model = f"model.{config.model.name}"
   space: Space = {
       "train.learning_rate": Float(1e-4, 1e-2, log=True),
       "train.weight_decay": Choice([0.0, 0.01, 0.1]),
       "train.batch_size": Choice([16, 32, 64, 128]),
-      "data.max_len": Choice([50, 100, 200]),
   }
-  for field, spec in (("dropout_rate", Float(0.0, 0.6)), ("embed_dim", Choice([32, 64, 128])),
+  if len(max_lens) > 1:
+    space["data.max_len"] = Choice(list(max_lens))
+  for field, spec in (("dropout_rate", Float(0.0, max_dropout)), ("embed_dim", Choice([32, 64, 128])),
                       ("num_layers", Int(1, 4)), ("num_heads", Choice([1, 2, 4]))):
     if field in config.model[config.model.name]:
       space[f"{model}.{field}"] = spec

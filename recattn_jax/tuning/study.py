@@ -153,10 +153,14 @@ def run_study(config: ml_collections.ConfigDict, space: spaces.Space, workdir: s
   with WorkdirLock(workdir):
     _check_identity(workdir, {"config": config_fingerprint(config), "space": spaces.describe(space),
                               "seed": seed, "metric": metric})
-    study = optuna.create_study(study_name=STUDY_NAME, storage=_storage(workdir), direction=direction,
+    storage = _storage(workdir)
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=direction,
                                 pruner=_pruner(pruner), load_if_exists=True)
     # We hold the lock, so a trial still "running" belongs to a process that was killed.
+    study_id = storage.get_study_id_from_name(STUDY_NAME)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+      trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+      storage.set_trial_user_attr(trial_id, STOPPED, "killed")
       study.tell(trial.number, state=TrialState.FAIL)
       _requeue(study, trial, "killed")
     if baseline and not study.trials:
@@ -261,10 +265,14 @@ def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 def _print_progress(study, number: int, metric: str, deadline: float | None, max_trials: int | None):
   trial = study.trials[number]
   attrs = trial.user_attrs
-  what = {TrialState.COMPLETE: f"{metric} {trial.value:.4f}",
-          TrialState.PRUNED: f"pruned ({attrs.get('pruned', '')})",
-          TrialState.FAIL: f"stopped ({attrs[STOPPED]})" if STOPPED in attrs
-          else f"crashed ({attrs.get('error', '?')[:120]})"}[trial.state]
+  if trial.state == TrialState.COMPLETE:
+    what = f"{metric} {trial.value:.4f}"
+  elif trial.state == TrialState.PRUNED:
+    what = f"pruned ({attrs.get('pruned', '')})"
+  elif STOPPED in attrs:
+    what = f"stopped ({attrs[STOPPED]})"
+  else:
+    what = f"crashed ({' '.join(attrs.get('error', '?').split())[:160]})"
   best = _best(study)
   left = []
   if deadline is not None:
