@@ -14,6 +14,14 @@ import pathlib
 
 from recattn_jax.training.metric_writer import read_metrics
 
+try:  # studies need Optuna (the `tune` extra); single runs do not
+  import optuna
+  from optuna.trial import TrialState
+
+  from recattn_jax.tuning.study import load_study
+except ImportError:
+  optuna = None
+
 
 def _pyplot():
   try:
@@ -62,11 +70,8 @@ def plot_run(workdir: str | pathlib.Path, out: str | pathlib.Path, metric: str |
 
 
 def plot_study(workdir: str | pathlib.Path, out: str | pathlib.Path, metric: str | None = None) -> pathlib.Path:
-  import optuna
-  from optuna.trial import TrialState
-
-  from recattn_jax.tuning.study import load_study
-
+  if optuna is None:
+    raise ImportError("plotting a study needs optuna: pip install 'recattn_jax[tune]'")
   workdir = pathlib.Path(workdir)
   study = load_study(workdir)
   identity = json.loads((workdir / "study.json").read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""Imports flow one way: registry <- data <- attention <- text <- models <- evaluation <- parallel <- training <- serving <- CLI.
+"""Imports flow one way: registry <- data <- attention <- text <- models <- evaluation <- parallel <- training <- tuning <- serving <- CLI.
 
 Read from the source (every import statement, at any depth), so an upward or
 function-level import that dodges a cycle is caught without running anything.
@@ -9,11 +9,13 @@ import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "recattn_jax"
 LAYERS = ("registry", "data", "attention", "text", "models", "evaluation", "parallel", "training",
-          "serving", "cli")
+          "tuning", "serving", "cli")
 # Modules outside a layer folder, by the layer they belong to.
 TOP_LEVEL = {"registry": "registry", "config": "training", "train": "cli", "explain": "serving",
              "recommend": "cli", "export": "cli", "serve": "cli", "embed": "cli",
-             "configs": "cli", "": "cli"}
+             "tune": "cli", "plot": "cli", "plots": "tuning",
+             # The shipped config files declare search spaces; tuning loads configs by name.
+             "configs": "tuning", "": "cli"}
 
 
 def layer_of(module: str) -> int:

@@ -46,8 +46,6 @@ TRACKERS: Registry[Callable[..., Tracker]] = Registry("tracker", "train.trackers
 
 def check_trackers(names) -> list[str]:
   """Problems with `train.trackers`: unknown names, repeated ones, packages not installed."""
-  if isinstance(names, str):
-    return [f"train.trackers={names!r} must be a list of names, e.g. ('tensorboard', 'wandb')"]
   problems = []
   for name in names:
     if name not in TRACKERS:

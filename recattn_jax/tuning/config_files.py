@@ -9,7 +9,7 @@ from typing import Any
 
 import ml_collections
 
-from recattn_jax import configs
+import recattn_jax.configs as configs
 
 
 def config_module(source: str) -> types.ModuleType:
