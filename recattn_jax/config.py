@@ -13,6 +13,7 @@ from ml_collections import config_dict
 from recattn_jax.data.datasets import shared_data_dir
 from recattn_jax.models import ENCODERS, POINTWISE_MODELS, encoder_kwargs, pointwise_kwargs
 from recattn_jax.training.losses import LOSSES, loss_kwargs
+from recattn_jax.training.steps import LR_BATCH_SCALINGS
 from recattn_jax.training.trackers import check_trackers
 
 # The development datasets beside a checkout (override with $RECATTN_SHARED_DATA).
@@ -101,6 +102,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32          # rows; packed rows hold ~2 ML-100K users each
   c.train.learning_rate = 1e-3
+  # A larger batch with a scaled learning rate: learning_rate is meant for lr_reference_batch
+  # rows, and train.batch_size rows use it times B/ref ("linear"), sqrt(B/ref) ("sqrt") or 1 ("none").
+  c.train.lr_batch_scaling = "none"
+  c.train.lr_reference_batch = 32
   c.train.b1 = 0.9
   c.train.b2 = 0.98
   c.train.weight_decay = 0.1
@@ -271,6 +276,7 @@ RANGES: dict[str, Range] = {
     "model.*.time_bucket_step": Range(0, low_open=True),
     "train.batch_size": _COUNT,
     "train.learning_rate": Range(0, low_open=True),
+    "train.lr_reference_batch": _COUNT,
     "train.b1": Range(0, 1, high_open=True),
     "train.b2": Range(0, 1, high_open=True),
     "train.weight_decay": Range(0),
@@ -293,7 +299,8 @@ RANGES: dict[str, Range] = {
 
 NAN_POLICIES = ("raise", "skip")
 # Other enumerated fields are checked where they are used, also before training.
-CHOICES: dict[str, tuple] = {"train.nan_policy": NAN_POLICIES, "data.text_pooling": ("mean", "cls")}
+CHOICES: dict[str, tuple] = {"train.nan_policy": NAN_POLICIES, "data.text_pooling": ("mean", "cls"),
+                             "train.lr_batch_scaling": LR_BATCH_SCALINGS}
 
 
 def _lookup(config: ml_collections.ConfigDict, field: str, prefix: str = "") -> list[tuple[str, object]]:

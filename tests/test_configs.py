@@ -34,3 +34,18 @@ def test_shipped_configs_are_found_by_name():
   assert configs.path("hstu_ml100k") == configs.path("hstu_ml100k.py")
   with pytest.raises(ValueError, match="no shipped config 'sasrec_ml1m'"):
     configs.path("sasrec_ml1m")
+
+
+def test_learning_rate_scales_with_the_batch_as_configured():
+  from recattn_jax.config import ConfigError
+  from recattn_jax.training.steps import learning_rate_schedule
+
+  config = get_default_config()
+  config.train.update(learning_rate=1e-3, lr_reference_batch=32, batch_size=128)
+  expected = {"none": 1e-3, "linear": 4e-3, "sqrt": 2e-3}
+  for rule, peak in expected.items():
+    config.train.lr_batch_scaling = rule
+    assert float(learning_rate_schedule(config.train, 100)(50)) == pytest.approx(peak)
+  config.train.lr_batch_scaling = "cubic"
+  with pytest.raises(ConfigError, match="lr_batch_scaling='cubic' must be one of"):
+    check_config(config)

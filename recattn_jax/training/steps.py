@@ -74,9 +74,25 @@ def apply_gradients(state: TrainState, grads, metrics: dict,
                  "first_nonfinite_step": state.first_nonfinite_step}
 
 
+LR_BATCH_SCALINGS = ("none", "linear", "sqrt")
+
+
+def peak_learning_rate(train_config: ml_collections.ConfigDict) -> float:
+  """`train.learning_rate`, scaled from `train.lr_reference_batch` rows to `train.batch_size`.
+
+  "linear" (Goyal et al., 2017) multiplies by batch / reference, "sqrt" (usual
+  for Adam) by its square root, "none" leaves it.
+  """
+  rule = train_config.get("lr_batch_scaling", "none")
+  ratio = train_config.batch_size / train_config.get("lr_reference_batch", train_config.batch_size)
+  if rule not in LR_BATCH_SCALINGS:
+    raise ValueError(f"train.lr_batch_scaling={rule!r} must be one of {list(LR_BATCH_SCALINGS)}")
+  return train_config.learning_rate * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[rule]
+
+
 def learning_rate_schedule(train_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """Linear warm-up, then constant or cosine decay to zero at `total_steps`."""
-  peak = train_config.learning_rate
+  peak = peak_learning_rate(train_config)
   warmup = min(train_config.warmup_steps, max(total_steps - 1, 0))
   if train_config.schedule == "constant":
     return optax.warmup_constant_schedule(0.0 if warmup else peak, peak, max(warmup, 1))
