@@ -12,6 +12,7 @@ from ml_collections import config_dict
 
 from recattn_jax.data.datasets import shared_data_dir
 from recattn_jax.models import ENCODERS, POINTWISE_MODELS, encoder_kwargs, pointwise_kwargs
+from recattn_jax.text.bert import LORA_TARGETS
 from recattn_jax.training.losses import LOSSES, loss_kwargs
 from recattn_jax.training.steps import LR_BATCH_SCALINGS
 from recattn_jax.training.trackers import check_trackers
@@ -274,6 +275,9 @@ RANGES: dict[str, Range] = {
     "model.*.num_position_buckets": _NON_NEGATIVE_COUNT,
     "model.*.num_time_buckets": _NON_NEGATIVE_COUNT,
     "model.*.time_bucket_step": Range(0, low_open=True),
+    "model.*.item_text_lora_rank": _NON_NEGATIVE_COUNT,
+    "model.*.item_text_lora_layers": _NON_NEGATIVE_COUNT,
+    "model.*.item_text_lora_alpha": Range(0, low_open=True),
     "train.batch_size": _COUNT,
     "train.learning_rate": Range(0, low_open=True),
     "train.lr_reference_batch": _COUNT,
@@ -349,6 +353,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     heads = dict(_lookup(config, heads_field)).get(heads_field)
     if _COUNT.contains(dim) and _COUNT.contains(heads) and dim % heads:
       problems.append(f"{field}={dim} must be divisible by {heads_field}={heads}")
+  for field, targets in _lookup(config, "model.*.item_text_lora_targets"):
+    unknown = sorted(set(targets) - set(LORA_TARGETS))
+    if unknown or not targets:
+      problems.append(f"{field}={tuple(targets)!r}: {unknown or 'no layer'} must be among {list(LORA_TARGETS)}")
   for _, names in _lookup(config, "train.trackers"):
     problems += check_trackers(names)
   if problems:

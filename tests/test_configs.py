@@ -49,3 +49,14 @@ def test_learning_rate_scales_with_the_batch_as_configured():
   config.train.lr_batch_scaling = "cubic"
   with pytest.raises(ConfigError, match="lr_batch_scaling='cubic' must be one of"):
     check_config(config)
+
+
+def test_lora_fields_are_checked_under_their_model_names():
+  from recattn_jax.config import ConfigError
+  config = get_default_config()
+  config.model.sasrec.item_text_lora_rank = -1
+  config.model.sasrec.item_text_lora_targets = ("query", "gate")
+  with pytest.raises(ConfigError) as error:
+    check_config(config)
+  assert "model.sasrec.item_text_lora_rank=-1 must be an integer >= 0" in str(error.value)
+  assert "model.sasrec.item_text_lora_targets=('query', 'gate'): ['gate'] must be among" in str(error.value)

@@ -246,7 +246,8 @@ def _run_trial(study, trial: optuna.Trial, config, space, workdir: pathlib.Path,
     return "crashed"
   value = results["valid"][results["primary_protocol"]][metric]
   trial.set_user_attr("minutes", (time.time() - started) / 60)
-  trial.set_user_attr("epochs", results["best_epoch"])
+  if results["best_step"] > 0:
+    trial.set_user_attr("epochs", results["steps_run"] * results["best_epoch"] / results["best_step"])
   trial.set_user_attr("best_epoch", results["best_epoch"])
   trial.set_user_attr("train_seconds", results["train_seconds"])
   if not math.isfinite(value):
@@ -300,7 +301,8 @@ def trial_table(study: optuna.Study, metric: str) -> list[dict]:
                  f"valid {metric}": trial.value if trial.value is not None else (
                      trial.intermediate_values[max(trial.intermediate_values)]
                      if trial.intermediate_values else None),
-                 "epochs": attrs.get("epochs"), "minutes": attrs.get("minutes"),
+                 "epochs": attrs.get("epochs"), "best epoch": attrs.get("best_epoch"),
+                 "minutes": attrs.get("minutes"),
                  **{k: v for k, v in trial.params.items()},
                  "note": attrs.get("error") or ("baseline" if attrs.get("baseline") else "")
                  or (f"resumes trial {attrs['resumes']}" if "resumes" in attrs else ""),
