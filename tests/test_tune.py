@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 import shutil
 
 import optuna
@@ -210,3 +211,26 @@ def test_plot_draws_a_run_and_a_study(study, finished_run, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
   with pytest.raises(FileNotFoundError, match="neither a run"):
     plot(tmp_path, tmp_path / "x.png")
+
+
+def test_tune_and_plot_commands(config_file, tmp_path):
+  import subprocess
+  import sys
+  workdir = tmp_path / "cli"
+  done = subprocess.run([sys.executable, "-m", "recattn_jax.tune", "--config", str(config_file),
+                         "--workdir", str(workdir), "--trials", "1", "--budget", "10m",
+                         "--config.train.num_epochs=1"],
+                        capture_output=True, text=True, timeout=600, cwd=pathlib.Path(__file__).parents[1])
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "trial 0: NDCG@10" in done.stdout and "best: trial 0" in done.stdout
+  assert "computed once" in done.stdout
+  # The command-line override is part of the written config.
+  assert "config.train.num_epochs = 1" in (workdir / "best_config.py").read_text()
+  plotted = subprocess.run([sys.executable, "-m", "recattn_jax.plot", str(workdir)],
+                           capture_output=True, text=True, timeout=300)
+  assert plotted.returncode == 0, plotted.stderr[-3000:]
+  assert (workdir / "curves.png").stat().st_size > 10_000
+  bad = subprocess.run([sys.executable, "-m", "recattn_jax.tune", "--config", str(config_file),
+                        "--workdir", str(tmp_path / "x"), "--budget", "soon"],
+                       capture_output=True, text=True, timeout=300, cwd=pathlib.Path(__file__).parents[1])
+  assert bad.returncode == 1 and "--budget='soon'" in bad.stderr
