@@ -19,6 +19,7 @@ import pathlib
 import re
 import sys
 
+import optuna
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -55,8 +56,9 @@ def parse_duration(text: str) -> float:
 
 def main(argv):
   del argv
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  logging.getLogger("recattn_jax").setLevel(logging.WARNING)
+  for noisy in ("absl", "jax", "recattn_jax"):  # one line per trial is the progress report
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
   logging.getLogger("recattn_jax.tuning").setLevel(logging.INFO)
   source = flags.FLAGS["config"].config_filename
   shipped = pathlib.Path(source).parent == configs.FOLDER
