@@ -130,6 +130,8 @@ def test_study_selects_on_validation_and_tests_the_best_once(study, config_file)
   assert trial_workdir(workdir, written) == workdir / best["workdir"]
   assert (workdir / "trials.csv").read_text().count("\n") == 4
   assert (workdir / best["workdir"] / "bundle").is_dir()
+  tracking = json.loads((workdir / best["workdir"] / "config.json").read_text())["train"]["tracking"]
+  assert tracking["group"] == workdir.name and tracking["mlflow_uri"] == f"sqlite:///{workdir / 'mlflow.db'}"
 
 
 def test_continued_study_runs_only_the_missing_trials(study, tmp_path, config_file):

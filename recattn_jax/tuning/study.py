@@ -20,6 +20,7 @@ What it promises (docs/tuning.md):
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import hashlib
@@ -27,6 +28,7 @@ import io
 import json
 import logging
 import math
+import os
 import pathlib
 import time
 from typing import Any
@@ -193,14 +195,22 @@ def run_study(config: ml_collections.ConfigDict, space: spaces.Space, workdir: s
                    metric=metric, ran=ran)
 
 
+def _tracked(config: ml_collections.ConfigDict, number: int, workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """The trials side by side in the trackers: one group, one MLflow store for the study."""
+  tracking = config.train.tracking
+  tracking.group = tracking.group or workdir.absolute().name
+  tracking.run_name = f"trial_{number}"
+  if not tracking.mlflow_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+    tracking.mlflow_uri = f"sqlite:///{(workdir / 'mlflow.db').absolute()}"
+  return config
+
+
 def _run_trial(study, trial: optuna.Trial, config, space, workdir: pathlib.Path, *, metric: str,
                deadline: float | None) -> str:
   """Runs one trial and tells the study how it ended; returns "complete", "pruned", "crashed" or "budget"."""
   started = time.time()
   try:
-    trial_config = spaces.apply(config, spaces.sample(space, trial))
-    trial_config.train.tracking.group = workdir.absolute().name
-    trial_config.train.tracking.run_name = f"trial_{trial.number}"
+    trial_config = _tracked(spaces.apply(config, spaces.sample(space, trial)), trial.number, workdir)
     run_dir = trial_workdir(workdir, trial_config)
     trial.set_user_attr("workdir", str(run_dir.relative_to(workdir)))
     reported = set()
@@ -358,7 +368,8 @@ def _finish(study, config, space, workdir: pathlib.Path, *, config_source: str, 
   else:
     # The one time the study looks at the test split: the finished best run adds its test
     # metrics and bundle without training again.
-    results = train_and_evaluate(best_config, workdir / best.user_attrs["workdir"])
+    results = train_and_evaluate(_tracked(copy.deepcopy(best_config), best.number, workdir),
+                                 workdir / best.user_attrs["workdir"])
     test, primary = results["test"], results["primary_protocol"]
     payload = {"primary_protocol": primary, "trial": best.number, "params": best.params, f"valid {metric}": best.value,
                "workdir": best.user_attrs["workdir"], "config_file": str(config_path),
