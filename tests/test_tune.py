@@ -236,3 +236,20 @@ def test_tune_and_plot_commands(config_file, tmp_path):
                         "--workdir", str(tmp_path / "x"), "--budget", "soon"],
                        capture_output=True, text=True, timeout=300, cwd=pathlib.Path(__file__).parents[1])
   assert bad.returncode == 1 and "--budget='soon'" in bad.stderr
+
+
+def test_median_pruning_waits_for_a_tenth_of_the_epochs():
+  from recattn_jax.tuning.study import _pruner
+  config = load_config("sasrec_ml100k")  # 80 epochs, evaluated every 2: judged from epoch 8
+  study = optuna.create_study(direction="maximize", pruner=_pruner("median", config))
+  for _ in range(2):
+    trial = study.ask()
+    for epoch in range(2, 20, 2):
+      trial.report(0.1, epoch * 100)
+    study.tell(trial, 0.1)
+  slow = study.ask()
+  verdicts = {}
+  for epoch in range(2, 20, 2):
+    slow.report(0.01, epoch * 100)
+    verdicts[epoch] = slow.should_prune()
+  assert not any(verdicts[e] for e in (2, 4, 6)) and verdicts[8] and verdicts[10]

@@ -77,12 +77,15 @@ def trial_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> p
   return workdir / TRIALS_DIR / hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _pruner(name: str) -> optuna.pruners.BasePruner:
+def _pruner(name: str, config: ml_collections.ConfigDict) -> optuna.pruners.BasePruner:
+  # Steps are epochs in hundredths. No trial is judged in its first tenth of the epochs:
+  # a larger batch or a smaller learning rate starts slower and may still end ahead.
+  warmup = round(100 * max(config.train.eval_every_epochs, 0.1 * config.train.num_epochs))
   if name == "median":
     # Compared with the median of finished trials at the same epoch, after the first two.
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup)
   if name == "halving":
-    return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup)
   if name == "none":
     return optuna.pruners.NopPruner()
   raise ValueError(f"pruner={name!r} must be one of {list(PRUNERS)}")
@@ -157,7 +160,7 @@ def run_study(config: ml_collections.ConfigDict, space: spaces.Space, workdir: s
                               "seed": seed, "metric": metric})
     storage = _storage(workdir)
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=direction,
-                                pruner=_pruner(pruner), load_if_exists=True)
+                                pruner=_pruner(pruner, config), load_if_exists=True)
     # We hold the lock, so a trial still "running" belongs to a process that was killed.
     study_id = storage.get_study_id_from_name(STUDY_NAME)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
