@@ -203,6 +203,7 @@ def test_crashing_trials_are_recorded_then_stop_the_study(tmp_path, config_file)
               max_trials=5, baseline=False)
   table = [t for t in load_study(tmp_path / "s").trials]
   assert len(table) == 3 and all("ConfigError" in t.user_attrs["error"] for t in table)
+  assert (tmp_path / "s" / "trials.txt").read_text().count("crashed") == 3
 
 
 def test_plot_draws_a_run_and_a_study(study, finished_run, tmp_path):

@@ -189,6 +189,7 @@ def run_study(config: ml_collections.ConfigDict, space: spaces.Space, workdir: s
       if outcome == "budget":
         break
       if crashes >= MAX_CONSECUTIVE_CRASHES:
+        _write_table(workdir, trial_table(study, metric))
         raise StudyError(f"{crashes} trials in a row crashed; the last: "
                          f"{study.trials[trial.number].user_attrs.get('error')}. Fix the config or "
                          "the space; the same command continues the study.")
