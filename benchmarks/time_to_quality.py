@@ -28,6 +28,7 @@ from recattn_jax.config import get_default_config
 from recattn_jax.training.loop import train_and_evaluate
 from recattn_jax.training.metric_writer import read_metrics
 from recattn_jax.tuning import changed_fields
+from recattn_jax.tuning.space import apply
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = {  # name -> fields changed from the default job
@@ -45,13 +46,7 @@ VARIANTS = {  # name -> fields changed from the default job
 
 
 def variant_config(fields: dict, epochs: int):
-  config = get_default_config()
-  for field, value in fields.items():
-    node = config
-    *parents, key = field.split(".")
-    for name in parents:
-      node = node[name]
-    node[key] = value
+  config = apply(get_default_config(), fields)
   config.train.num_epochs = epochs
   config.train.progress_bar = False
   return config

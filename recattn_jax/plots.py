@@ -42,6 +42,14 @@ def _metric(workdir: pathlib.Path, metric: str | None) -> str:
   return "NDCG@10"
 
 
+def _check_metric(records: list[dict], metric: str, where: pathlib.Path):
+  """An unknown --metric is an error, not an empty plot."""
+  valid = [r for r in records if r["split"] == "valid"]
+  if valid and not any(metric in r for r in valid):
+    known = sorted(set(valid[0]) - {"step", "split", "epoch", "protocol", "train_seconds"})
+    raise ValueError(f"{where}: no validation metric {metric!r}; recorded: {known}")
+
+
 def _curve(records: list[dict], split: str, name: str) -> tuple[list[float], list[float]]:
   points = [(r["epoch"], r[name]) for r in records if r["split"] == split and name in r and "epoch" in r]
   return [p[0] for p in points], [p[1] for p in points]
@@ -51,6 +59,7 @@ def plot_run(workdir: str | pathlib.Path, out: str | pathlib.Path, metric: str |
   workdir = pathlib.Path(workdir)
   records = read_metrics(workdir)
   metric = _metric(workdir, metric)
+  _check_metric(records, metric, workdir / "metrics.jsonl")
   plt = _pyplot()
   fig, (loss_ax, valid_ax) = plt.subplots(1, 2, figsize=(11, 4))
   loss_ax.plot(*_curve(records, "train", "loss"), lw=1)
@@ -84,7 +93,9 @@ def plot_study(workdir: str | pathlib.Path, out: str | pathlib.Path, metric: str
     run_dir = workdir / trial.user_attrs.get("workdir", "-")
     if trial.state not in styles or not (run_dir / "metrics.jsonl").exists():
       continue
-    epochs, values = _curve(read_metrics(run_dir), "valid", metric)
+    records = read_metrics(run_dir)
+    _check_metric(records, metric, run_dir / "metrics.jsonl")
+    epochs, values = _curve(records, "valid", metric)
     is_best = best is not None and trial.number == best.number
     curves_ax.plot(epochs, values, styles[trial.state], lw=2.5 if is_best else 1,
                    alpha=1.0 if is_best else 0.6,

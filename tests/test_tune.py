@@ -214,6 +214,8 @@ def test_plot_draws_a_run_and_a_study(study, finished_run, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
   with pytest.raises(FileNotFoundError, match="neither a run"):
     plot(tmp_path, tmp_path / "x.png")
+  with pytest.raises(ValueError, match=r"no validation metric 'NDCG@11'; recorded: .*'NDCG@10'"):
+    plot(finished_run[0], tmp_path / "x.png", metric="NDCG@11")
 
 
 def test_tune_and_plot_commands(config_file, tmp_path):

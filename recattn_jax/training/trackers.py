@@ -29,6 +29,7 @@ from typing import Callable, Protocol
 import ml_collections
 
 from recattn_jax.registry import Registry
+from recattn_jax.training.workdir import config_leaves
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +94,6 @@ def _save_id(workdir: pathlib.Path, backend: str, run_id: str):
   os.replace(tmp, path)
 
 
-def _flat_params(config: ml_collections.ConfigDict) -> dict[str, str]:
-  """The config as `a.b.c -> value` pairs (what trackers show as a run's parameters)."""
-  flat = {}
-
-  def walk(node, prefix):
-    for key, value in node.items():
-      if isinstance(value, ml_collections.ConfigDict):
-        walk(value, f"{prefix}{key}.")
-      else:
-        flat[f"{prefix}{key}"] = value
-  walk(config, "")
-  return flat
-
-
 @TRACKERS.register("tensorboard", package="tensorboardX", pip="tensorboardx")
 class TensorBoardTracker:
   def __init__(self, workdir: pathlib.Path, config: ml_collections.ConfigDict, resume_step: int):
@@ -150,7 +137,7 @@ class WandbTracker:
     self._run = wandb.init(
         project=tracking.experiment or "recattn_jax", group=tracking.group or None,
         name=run_name(workdir, config), dir=str(workdir), mode=mode,
-        id=_saved_id(workdir, "wandb"), resume="allow", config=_flat_params(config),
+        id=_saved_id(workdir, "wandb"), resume="allow", config=config_leaves(config),
         settings=wandb.Settings(silent=True, console="off"))
     _save_id(workdir, "wandb", self._run.id)
 
@@ -179,7 +166,7 @@ class MlflowTracker:
       run_id = self._client.create_run(experiment_id, run_name=run_name(workdir, config),
                                        tags=tags).info.run_id
       from mlflow.entities import Param
-      params = [Param(key, str(value)[:500]) for key, value in _flat_params(config).items()]
+      params = [Param(key, str(value)[:500]) for key, value in config_leaves(config).items()]
       for start in range(0, len(params), 100):  # MLflow's limits per batch and per value
         self._client.log_batch(run_id, params=params[start:start + 100])
       _save_id(workdir, "mlflow", run_id)

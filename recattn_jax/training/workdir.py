@@ -130,15 +130,21 @@ class WorkdirLock:
     self.release()
 
 
-def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+def config_leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  """Every field of `config` as `a.b.c -> value`, values as they are."""
   flat = {}
   for key, value in config.items():
     name = f"{prefix}{key}"
     if isinstance(value, (ml_collections.ConfigDict, dict)):
-      flat.update(_flatten(value, name + "."))
+      flat.update(config_leaves(value, name + "."))
     else:
-      flat[name] = list(value) if isinstance(value, tuple) else value
+      flat[name] = value
   return flat
+
+
+def _flatten(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`config_leaves` with tuples as lists, as they compare once read back from JSON."""
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in config_leaves(config).items()}
 
 
 # Config nodes holding a `name` and one section per registered choice: only the

@@ -10,6 +10,7 @@ from typing import Any
 import ml_collections
 
 import recattn_jax.configs as configs
+from recattn_jax.training.workdir import config_leaves
 
 
 def config_module(source: str) -> types.ModuleType:
@@ -30,18 +31,8 @@ def load_config(source: str) -> ml_collections.ConfigDict:
   return config_module(source).get_config()
 
 
-def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-  leaves = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      leaves.update(_leaves(value, f"{prefix}{key}."))
-    else:
-      leaves[f"{prefix}{key}"] = value
-  return leaves
-
-
 def changed_fields(base: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The fields of `config` whose values differ from `base`'s (or that `base` lacks)."""
-  old = _leaves(base)
-  return {field: value for field, value in _leaves(config).items()
+  old = config_leaves(base)
+  return {field: value for field, value in config_leaves(config).items()
           if field not in old or old[field] != value or type(old[field]) is not type(value)}

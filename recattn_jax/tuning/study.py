@@ -219,11 +219,14 @@ def _run_trial(study, trial: optuna.Trial, config, space, workdir: pathlib.Path,
     trial.set_user_attr("workdir", str(run_dir.relative_to(workdir)))
     reported = set()
 
-    def report(epoch: float, valid: dict):
+    def report_once(epoch: float, value: float):
       step = round(epoch * 100)  # epochs in hundredths: trials at the same epoch are compared
       if step not in reported:
         reported.add(step)
-        trial.report(valid[metric], step)
+        trial.report(value, step)
+
+    def report(epoch: float, valid: dict):
+      report_once(epoch, valid[metric])
       trial.set_user_attr("epochs", epoch)
       if trial.should_prune():
         raise optuna.TrialPruned(f"{metric} {valid[metric]:.4f} at epoch {epoch:g}")
@@ -232,10 +235,7 @@ def _run_trial(study, trial: optuna.Trial, config, space, workdir: pathlib.Path,
     if (run_dir / "metrics.jsonl").exists():
       for record in read_metrics(run_dir):
         if record["split"] == "valid" and metric in record:
-          step = round(record["epoch"] * 100)
-          if step not in reported:
-            reported.add(step)
-            trial.report(record[metric], step)
+          report_once(record["epoch"], record[metric])
     results = train_and_evaluate(trial_config, run_dir, evaluate_test=False, on_evaluation=report,
                                  deadline=deadline)
   except optuna.TrialPruned as e:
