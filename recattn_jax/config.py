@@ -6,11 +6,14 @@
 import dataclasses
 import math
 import numbers
+import pathlib
 
 import ml_collections
 from ml_collections import config_dict
 
 from recattn_jax.data.datasets import shared_data_dir
+from recattn_jax.data.loading import load_split
+from recattn_jax.data.profile import DataProfile, profile
 from recattn_jax.models import ENCODERS, POINTWISE_MODELS, encoder_kwargs, pointwise_kwargs
 from recattn_jax.text.bert import LORA_TARGETS
 from recattn_jax.training.losses import LOSSES, loss_kwargs
@@ -65,6 +68,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.data.split = "leave_one_out"   # or "time" (global time split at quantiles)
   c.data.valid_quantile = 0.8
   c.data.test_quantile = 0.9
+  # Set by get_size_aware_config: the data its sizes were measured on (a run on other data is refused).
+  c.data.size_aware_for = ""
   c.data.max_len = 200
   c.data.padding = "left"
   c.data.pack = True               # several users per row (segment ids) instead of padding
@@ -182,6 +187,67 @@ def get_lastfm_config(friends: bool = False) -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.0
   c.train.num_epochs = 60
   return c
+
+
+# Size-aware defaults. Below this many training events per item, item embeddings are
+# seen too rarely for ML-100K's light regularisation (58 events per item there; 5-12 on
+# Last.fm, Amazon Toys and Sports): see docs/tuning.md#size-aware-defaults.
+SPARSE_EVENTS_PER_ITEM = 30
+USERS_PER_STEP = 64   # about what ML-100K's 32 packed rows of 200 hold
+MAX_LENS = (50, 100, 200)
+MAX_STEPS = 40_000    # caps the epochs of large datasets; early stopping usually ends sooner
+
+
+def size_aware_values(data: DataProfile) -> dict:
+  """The fields that depend on the data's size and sparsity, from its training split.
+
+  - `data.max_len`: the shortest of 50/100/200 that holds 90% of the training histories;
+  - dropout and weight decay: ML-100K's .2 / .1 when items have >= 30 training events on
+    average, else .5 / 0 (rarely seen items: decay would shrink them at every step);
+  - `train.batch_size`: the power of two of packed rows nearest to 64 users per step (16-256);
+  - `train.num_epochs`: 80, fewer when 80 epochs would exceed 40,000 steps.
+  On ML-100K these are the default job's values.
+  """
+  p90 = data.history_quantile(0.9)
+  max_len = next((n for n in MAX_LENS if n >= p90), MAX_LENS[-1])
+  users_per_row = max(1.0, max_len / max(data.mean_history(max_len), 1.0))
+  rows = 2 ** round(math.log2(USERS_PER_STEP / users_per_row))
+  rows = min(max(rows, 16), 256)
+  steps_per_epoch = math.ceil(data.users / (rows * users_per_row))
+  sparse = data.events_per_item < SPARSE_EVENTS_PER_ITEM
+  return {"data.max_len": max_len,
+          "model.*.dropout_rate": 0.5 if sparse else 0.2,
+          "train.weight_decay": 0.0 if sparse else 0.1,
+          "train.batch_size": rows,
+          "train.num_epochs": int(min(80, max(10, MAX_STEPS // steps_per_epoch)))}
+
+
+def get_size_aware_config(data: str, *, model: str = "sasrec") -> ml_collections.ConfigDict:
+  """The default config for the dataset `data` (a name or a path), sized from its training split.
+
+  `data.size_aware_for` records what was measured, and a run refuses other data.
+  """
+  c = get_default_config()
+  c.model.name = model
+  if pathlib.Path(data).expanduser().exists():
+    c.data.path = str(pathlib.Path(data).expanduser().absolute())
+    c.data.name = pathlib.Path(data).stem
+  else:
+    c.data.name = data
+  c.data.size_aware_for = data_identity(c.data)
+  for field, value in size_aware_values(profile(load_split(c.data))).items():
+    if field.startswith("model.*."):
+      for name in ENCODERS.names():
+        c.model[name][field.removeprefix("model.*.")] = value
+    else:
+      section, key = field.split(".")
+      c[section][key] = value
+  return c
+
+
+def data_identity(data_config: ml_collections.ConfigDict) -> str:
+  """What `data.size_aware_for` compares: the dataset's path or name, and its format."""
+  return f"{data_config.path or data_config.name} ({data_config.format})"
 
 
 def get_ml100k_pointwise_config(task: str) -> ml_collections.ConfigDict:
@@ -359,5 +425,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       problems.append(f"{field}={tuple(targets)!r}: {unknown or 'no layer'} must be among {list(LORA_TARGETS)}")
   for _, names in _lookup(config, "train.trackers"):
     problems += check_trackers(names)
+  for field, measured in _lookup(config, "data.size_aware_for"):
+    if measured and measured != data_identity(config.data):
+      problems.append(f"{field}={measured!r}: the size-aware values were measured on other data "
+                      f"than {data_identity(config.data)!r}; use --config <config>:<this data> to "
+                      f"size them for it, or set {field}='' to keep them")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

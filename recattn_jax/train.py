@@ -49,7 +49,7 @@ def main(argv):
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   # One voice per run: the other processes report only warnings.
   logging.getLogger("recattn_jax").setLevel(logging.INFO if is_primary() else logging.WARNING)
-  workdir = _WORKDIR.value or str(pathlib.Path("runs") / pathlib.Path(flags.FLAGS["config"].config_filename).stem)
+  workdir = _WORKDIR.value or str(pathlib.Path("runs") / configs.run_name(flags.FLAGS["config"].config_filename))
   logging.info("workdir: %s", workdir)
   try:
     results = train_and_evaluate(_CONFIG.value, workdir, force_resume=_FORCE_RESUME.value)

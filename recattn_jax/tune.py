@@ -61,12 +61,14 @@ def main(argv):
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   logging.getLogger("recattn_jax.tuning").setLevel(logging.INFO)
   source = flags.FLAGS["config"].config_filename
-  shipped = pathlib.Path(source).parent == configs.FOLDER
-  config_source = pathlib.Path(source).stem if shipped else str(pathlib.Path(source).absolute())
+  path, argument = configs.split_source(source)
+  shipped = pathlib.Path(path).parent == configs.FOLDER
+  config_source = ((pathlib.Path(path).stem if shipped else str(pathlib.Path(path).absolute()))
+                   + (f":{argument}" if argument is not None else ""))
   config = _CONFIG.value
   module = config_module(source)
   space = module.get_search_space(config) if hasattr(module, "get_search_space") else default_space(config)
-  workdir = _WORKDIR.value or str(pathlib.Path("studies") / pathlib.Path(source).stem)
+  workdir = _WORKDIR.value or str(pathlib.Path("studies") / configs.run_name(source))
   try:
     budget = parse_duration(_BUDGET.value) if _BUDGET.value else None
     result = run_study(config, space, workdir, config_source=config_source, budget_seconds=budget,

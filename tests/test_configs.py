@@ -1,6 +1,7 @@
 """Every shipped config loads by name, keeps the default schema, passes the checks, and names its run command."""
 
 import importlib.util
+import inspect
 
 import pytest
 
@@ -19,11 +20,12 @@ def _flat_keys(config, prefix=""):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_loads_with_default_schema(path):
+def test_config_loads_with_default_schema(path, data_file):
   spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  needs_data = "data" in inspect.signature(module.get_config).parameters  # `--config NAME:<data>`
+  config = module.get_config(str(data_file)) if needs_data else module.get_config()
   assert _flat_keys(config) == _flat_keys(get_default_config())
   check_config(config)
   assert f"--config {path.stem}" in module.__doc__

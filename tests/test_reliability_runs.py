@@ -300,3 +300,21 @@ def test_sigkill_mid_training_resumes_to_the_same_results(finished_run, data_fil
   assert trainer.returncode == -signal.SIGKILL
   assert (workdir / "run.lock").exists()  # left behind; stale now
   _assert_resumes_to(uninterrupted, data_file, workdir)
+
+
+def test_a_field_newer_than_the_run_resumes_at_its_default_only(run_copy):
+  workdir, results = run_copy
+  config = tiny_config(pathlib.Path(results["data"]["source"]))
+  recorded = json.loads((workdir / "run.json").read_text())
+  del recorded["config"]["train.lr_batch_scaling"]  # as written before the field existed
+  (workdir / "run.json").write_text(json.dumps(recorded))
+  assert loop.train_and_evaluate(config, workdir)["test"] == results["test"]
+  assert "train.lr_batch_scaling" in json.loads((workdir / "run.json").read_text())["config"]
+
+  recorded = json.loads((workdir / "run.json").read_text())
+  del recorded["config"]["train.lr_batch_scaling"]
+  (workdir / "run.json").write_text(json.dumps(recorded))
+  config.train.lr_batch_scaling = "sqrt"  # not what the old code did
+  with pytest.raises(workdir_lib.RunMismatchError,
+                     match="config train.lr_batch_scaling: '<absent>' in the workdir, 'sqrt' now"):
+    loop.train_and_evaluate(config, workdir)

@@ -21,6 +21,19 @@ def path(name: str) -> pathlib.Path:
   return FOLDER / f"{stem}.py"
 
 
+def split_source(source: str) -> tuple[str, str | None]:
+  """`name_or_path[:argument]` as (name_or_path, argument or None), as ml_collections reads it."""
+  name, colon, argument = source.partition(":")
+  return name, (argument if colon else None)
+
+
+def run_name(source: str) -> str:
+  """A folder name for runs of `source`: the config's file name, plus its argument's name."""
+  name, argument = split_source(source)
+  stem = pathlib.Path(name).stem
+  return f"{stem}_{pathlib.Path(argument).stem}" if argument else stem
+
+
 def resolve_config_names(argv: list[str]) -> list[str]:
   """`--config NAME` (a shipped config) becomes `--config <its path>`; paths pass unchanged."""
   out = list(argv)
@@ -31,7 +44,7 @@ def resolve_config_names(argv: list[str]) -> list[str]:
       index, value, prefix = i, arg[len("--config="):], "--config="
     else:
       continue
-    name, colon, rest = value.partition(":")  # ml_collections' "path:argument" form
+    name, colon, rest = value.partition(":")
     if not pathlib.Path(name).exists() and name.removesuffix(".py") in names():
       out[index] = prefix + str(path(name)) + colon + rest
   return out

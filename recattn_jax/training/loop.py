@@ -31,7 +31,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from recattn_jax.config import check_config
+from recattn_jax.config import check_config, get_default_config
 from recattn_jax.parallel import DATA_AXIS, global_batch, is_primary, make_mesh
 from recattn_jax.training.bundle import write_bundle
 from recattn_jax.training.checkpoint import Checkpoints, Progress
@@ -151,7 +151,8 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resu
     has_run = bool(checkpoints.latest.steps() or checkpoints.best.steps()
                    or (workdir / "results.json").exists())
     identity = RunIdentity(config, data_files=source_files(job.data_files),
-                           data_digest=job.data_digest, data_stats=job.stats)
+                           data_digest=job.data_digest, data_stats=job.stats,
+                           defaults=get_default_config())
     forced_changes = identity.check(workdir, has_run=has_run, force_resume=force_resume,
                                     step=checkpoints.latest_step() or 0, record=is_primary())
     progress = Progress()
@@ -228,7 +229,8 @@ def export_bundle(workdir: str | pathlib.Path, out: str | pathlib.Path | None = 
   job = build_job(config, mesh)
   try:
     identity = RunIdentity(config, data_files=source_files(job.data_files),
-                           data_digest=job.data_digest, data_stats=job.stats)
+                           data_digest=job.data_digest, data_stats=job.stats,
+                           defaults=get_default_config())
     refuse, _ = identity.differences(json.loads((workdir / "run.json").read_text(encoding="utf-8")))
     if refuse:
       raise RunMismatchError(f"{workdir}: the data differs from what the run trained on, so its "

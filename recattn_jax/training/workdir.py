@@ -38,6 +38,7 @@ IGNORED_FIELDS = frozenset({
     "data.prefetch", "eval.batch_size", "eval.item_chunk",
     "train.trackers", "train.tracking.experiment", "train.tracking.run_name",
     "train.tracking.group", "train.tracking.mlflow_uri",
+    "data.size_aware_for",  # the values it sized are compared themselves
 })
 
 
@@ -216,7 +217,12 @@ class RunIdentity:
   """The fingerprint of a run, compared with (and recorded in) `workdir/run.json`."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, data_files: dict[str, dict],
-               data_digest: str, data_stats: dict):
+               data_digest: str, data_stats: dict,
+               defaults: ml_collections.ConfigDict | None = None):
+    """`defaults`: the library's default config. A field that a workdir's run predates is
+    then no difference while it holds its default value, which by convention is what the
+    code did before the field existed."""
+    self.defaults = _flatten(defaults) if defaults is not None else {}
     self.record = {"config": config_fingerprint(config),
                    "data": {"files": data_files, "digest": data_digest,
                             "stats": json.loads(json.dumps(data_stats, default=str))}}
@@ -229,7 +235,9 @@ class RunIdentity:
       if field in IGNORED_FIELDS:
         continue
       old, new = old_config.get(field, "<absent>"), new_config.get(field, "<absent>")
-      if old != new:
+      if old == "<absent>" and field in self.defaults and new == self.defaults[field]:
+        notes.append(f"config {field} is newer than the workdir's run; it holds its default {_describe(new)}")
+      elif old != new:
         refuse.append(f"config {field}: {_describe(old)} in the workdir, {_describe(new)} now")
     old_data, new_data = saved.get("data", {}), self.record["data"]
     old_files, new_files = old_data.get("files", {}), new_data["files"]

@@ -10,14 +10,16 @@ from typing import Any
 import ml_collections
 
 import recattn_jax.configs as configs
+from recattn_jax.configs import split_source
 from recattn_jax.training.workdir import config_leaves
 
 
 def config_module(source: str) -> types.ModuleType:
-  """The module of a shipped config's name or of a config file's path."""
-  path = pathlib.Path(source)
+  """The module of a shipped config's name or of a config file's path (an `:argument` is dropped)."""
+  name = split_source(source)[0]
+  path = pathlib.Path(name)
   if not path.exists():
-    path = configs.path(source)
+    path = configs.path(name)
   spec = importlib.util.spec_from_file_location(f"_recattn_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -27,8 +29,10 @@ def config_module(source: str) -> types.ModuleType:
 
 
 def load_config(source: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a shipped config's name or of a config file's path."""
-  return config_module(source).get_config()
+  """`get_config([argument])` of `name_or_path[:argument]` (a shipped config's name or a file's path)."""
+  argument = split_source(source)[1]
+  module = config_module(source)
+  return module.get_config() if argument is None else module.get_config(argument)
 
 
 def changed_fields(base: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict[str, Any]:
