@@ -4,6 +4,7 @@
 """
 
 import dataclasses
+import logging
 import math
 import numbers
 import pathlib
@@ -19,6 +20,8 @@ from recattn_jax.text.bert import LORA_TARGETS
 from recattn_jax.training.losses import LOSSES, loss_kwargs
 from recattn_jax.training.steps import LR_BATCH_SCALINGS
 from recattn_jax.training.trackers import check_trackers
+
+log = logging.getLogger(__name__)
 
 # The development datasets beside a checkout (override with $RECATTN_SHARED_DATA).
 SHARED_DATA = shared_data_dir()
@@ -235,7 +238,10 @@ def get_size_aware_config(data: str, *, model: str = "sasrec") -> ml_collections
   else:
     c.data.name = data
   c.data.size_aware_for = data_identity(c.data)
-  for field, value in size_aware_values(profile(load_split(c.data))).items():
+  measured = profile(load_split(c.data))
+  values = size_aware_values(measured)
+  log.info("size-aware defaults for %s %s: %s", c.data.size_aware_for, measured.summary(), values)
+  for field, value in values.items():
     if field.startswith("model.*."):
       for name in ENCODERS.names():
         c.model[name][field.removeprefix("model.*.")] = value

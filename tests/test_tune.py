@@ -102,6 +102,22 @@ def test_shipped_configs_declare_their_search_space():
     assert "train.learning_rate" in space
 
 
+def test_a_config_with_an_argument_is_searched_and_written_back(data_file, tmp_path):
+  from recattn_jax.tuning import config_module
+  from recattn_jax.tuning.study import write_config_file
+  source = f"sasrec_auto:{data_file}"
+  config = load_config(source)
+  space = config_module(source).get_search_space(config)
+  spaces.check_space(space, config)
+  assert "data.max_len" not in space  # the generated histories fit in 50
+  best = spaces.apply(config, spaces.sample(space, optuna.trial.FixedTrial(
+      {"train.learning_rate": 3e-3, "train.weight_decay": 0.01, "train.batch_size": 64,
+       "model.sasrec.dropout_rate": 0.3, "model.sasrec.embed_dim": 32, "model.sasrec.num_layers": 1,
+       "model.sasrec.num_heads": 2, "loss": "softmax", "train.schedule": "cosine"})))
+  path = write_config_file(tmp_path / "best_config.py", best, source, doc="best")  # reload-verified
+  assert f"load_config({source!r})" in path.read_text()
+
+
 def test_parse_duration():
   assert parse_duration("90s") == 90 and parse_duration("45m") == 2700
   assert parse_duration("1h30m") == 5400 and parse_duration("120") == 120
