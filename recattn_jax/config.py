@@ -251,6 +251,13 @@ def get_size_aware_config(data: str, *, model: str = "sasrec") -> ml_collections
   return c
 
 
+def size_aware_fields(config: ml_collections.ConfigDict) -> dict:
+  """The values of the fields `size_aware_values` sets, as `config` holds them now."""
+  return {"data.max_len": config.data.max_len,
+          f"model.{config.model.name}.dropout_rate": config.model[config.model.name].get("dropout_rate"),
+          **{f"train.{key}": config.train[key] for key in ("weight_decay", "batch_size", "num_epochs")}}
+
+
 def data_identity(data_config: ml_collections.ConfigDict) -> str:
   """What `data.size_aware_for` compares: the dataset's path or name, and its format."""
   return f"{data_config.path or data_config.name} ({data_config.format})"

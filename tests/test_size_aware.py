@@ -1,5 +1,6 @@
 """Size-aware defaults: the rule, the `sasrec_auto:<data>` config, and its refusal of other data."""
 
+import logging
 import math
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_a_million_users_train_fewer_epochs_than_a_thousand():
   assert small["train.num_epochs"] == 80 and 10 <= large["train.num_epochs"] < 80
 
 
-def test_the_auto_config_is_sized_from_its_file_trains_and_refuses_other_data(data_file, tmp_path):
+def test_the_auto_config_is_sized_from_its_file_trains_and_refuses_other_data(data_file, tmp_path, caplog):
   config = load_config(f"sasrec_auto:{data_file}")
   assert config.data.path == str(data_file) and config.data.size_aware_for == f"{data_file} (auto)"
   check_config(config)
@@ -60,8 +61,10 @@ def test_the_auto_config_is_sized_from_its_file_trains_and_refuses_other_data(da
   for name in ENCODERS.names():
     config.model[name].update(embed_dim=16, num_layers=1)
   config.train.update(num_epochs=1, progress_bar=False)
-  results = loop.train_and_evaluate(config, tmp_path / "run")
+  with caplog.at_level(logging.INFO, logger="recattn_jax"):
+    results = loop.train_and_evaluate(config, tmp_path / "run")
   assert results["data"]["users"] == 96
+  assert f"sized for {data_file} (auto): {{'data.max_len': 50, 'model.sasrec.dropout_rate': 0.5" in caplog.text
 
   config.data.path = str(tmp_path / "other.txt")
   with pytest.raises(ConfigError, match="data.size_aware_for=.*measured on other data"):

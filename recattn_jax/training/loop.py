@@ -31,7 +31,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from recattn_jax.config import check_config, get_default_config
+from recattn_jax.config import check_config, get_default_config, size_aware_fields
 from recattn_jax.parallel import DATA_AXIS, global_batch, is_primary, make_mesh
 from recattn_jax.training.bundle import write_bundle
 from recattn_jax.training.checkpoint import Checkpoints, Progress
@@ -145,6 +145,8 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, force_resu
 
   job = build_job(config, mesh)
   log.info("data: %s", json.dumps(job.stats, default=str))
+  if config.data.size_aware_for:
+    log.info("sized for %s: %s", config.data.size_aware_for, size_aware_fields(config))
   checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
   writer = None
   try:
