@@ -189,6 +189,7 @@ def test_budget_stops_the_running_trial_which_resumes(tmp_path, config_file):
   config = load_config(str(config_file))
   result = run_study(config, _space(), workdir, config_source=str(config_file), budget_seconds=0.5)
   assert result.best_number is None and result.table[0]["state"] == "stopped (budget)"
+  assert result.table[1]["state"] == "queued" and "resumes trial 0" in result.table[1]["note"]
   run_dir = workdir / result.table[0]["workdir"]
   assert (run_dir / "checkpoints").is_dir() and not (run_dir / "results.json").exists()
   resumed = run_study(config, _space(), workdir, config_source=str(config_file), max_trials=1)

@@ -311,6 +311,8 @@ def trial_table(study: optuna.Study, metric: str) -> list[dict]:
     state = trial.state.name.lower()
     if trial.state == TrialState.FAIL:
       state = f"stopped ({attrs[STOPPED]})" if STOPPED in attrs else "crashed"
+    elif trial.state == TrialState.WAITING:
+      state = "queued"  # to run (or resume) in the next invocation
     rows.append({"trial": trial.number, "state": state,
                  f"valid {metric}": trial.value if trial.value is not None else (
                      trial.intermediate_values[max(trial.intermediate_values)]
