@@ -10,13 +10,12 @@ from typing import Any
 import ml_collections
 
 import recattn_jax.configs as configs
-from recattn_jax.configs import split_source
 from recattn_jax.training.workdir import config_leaves
 
 
 def config_module(source: str) -> types.ModuleType:
   """The module of a shipped config's name or of a config file's path (an `:argument` is dropped)."""
-  name = split_source(source)[0]
+  name = configs.split_source(source)[0]
   path = pathlib.Path(name)
   if not path.exists():
     path = configs.path(name)
@@ -30,7 +29,7 @@ def config_module(source: str) -> types.ModuleType:
 
 def load_config(source: str) -> ml_collections.ConfigDict:
   """`get_config([argument])` of `name_or_path[:argument]` (a shipped config's name or a file's path)."""
-  argument = split_source(source)[1]
+  argument = configs.split_source(source)[1]
   module = config_module(source)
   return module.get_config() if argument is None else module.get_config(argument)
 
