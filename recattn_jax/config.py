@@ -199,6 +199,8 @@ SPARSE_EVENTS_PER_ITEM = 30
 USERS_PER_STEP = 64   # about what ML-100K's 32 packed rows of 200 hold
 MAX_LENS = (50, 100, 200)
 MAX_STEPS = 40_000    # caps the epochs of large datasets; early stopping usually ends sooner
+SIZE_AWARE_FIELDS = ("data.max_len", "model.*.dropout_rate", "train.weight_decay",
+                     "train.batch_size", "train.num_epochs")  # "*": every encoder
 
 
 def size_aware_values(data: DataProfile) -> dict:
@@ -218,20 +220,17 @@ def size_aware_values(data: DataProfile) -> dict:
   rows = min(max(rows, 16), 256)
   steps_per_epoch = math.ceil(data.users / (rows * users_per_row))
   sparse = data.events_per_item < SPARSE_EVENTS_PER_ITEM
-  return {"data.max_len": max_len,
-          "model.*.dropout_rate": 0.5 if sparse else 0.2,
-          "train.weight_decay": 0.0 if sparse else 0.1,
-          "train.batch_size": rows,
-          "train.num_epochs": int(min(80, max(10, MAX_STEPS // steps_per_epoch)))}
+  epochs = int(min(80, max(10, MAX_STEPS // steps_per_epoch)))
+  return dict(zip(SIZE_AWARE_FIELDS, (max_len, 0.5 if sparse else 0.2, 0.0 if sparse else 0.1,
+                                      rows, epochs)))
 
 
-def get_size_aware_config(data: str, *, model: str = "sasrec") -> ml_collections.ConfigDict:
+def get_size_aware_config(data: str) -> ml_collections.ConfigDict:
   """The default config for the dataset `data` (a name or a path), sized from its training split.
 
   `data.size_aware_for` records what was measured, and a run refuses other data.
   """
   c = get_default_config()
-  c.model.name = model
   if pathlib.Path(data).expanduser().exists():
     c.data.path = str(pathlib.Path(data).expanduser().absolute())
     c.data.name = pathlib.Path(data).stem
@@ -253,9 +252,8 @@ def get_size_aware_config(data: str, *, model: str = "sasrec") -> ml_collections
 
 def size_aware_fields(config: ml_collections.ConfigDict) -> dict:
   """The values of the fields `size_aware_values` sets, as `config` holds them now."""
-  return {"data.max_len": config.data.max_len,
-          f"model.{config.model.name}.dropout_rate": config.model[config.model.name].get("dropout_rate"),
-          **{f"train.{key}": config.train[key] for key in ("weight_decay", "batch_size", "num_epochs")}}
+  fields = [field.replace("*", config.model.name) for field in SIZE_AWARE_FIELDS]
+  return {name: value for field in fields for name, value in _lookup(config, field)}
 
 
 def data_identity(data_config: ml_collections.ConfigDict) -> str:

@@ -44,7 +44,7 @@ def resolve_config_names(argv: list[str]) -> list[str]:
       index, value, prefix = i, arg[len("--config="):], "--config="
     else:
       continue
-    name, colon, rest = value.partition(":")
+    name, argument = split_source(value)
     if not pathlib.Path(name).exists() and name.removesuffix(".py") in names():
-      out[index] = prefix + str(path(name)) + colon + rest
+      out[index] = prefix + str(path(name)) + ("" if argument is None else f":{argument}")
   return out
