@@ -151,9 +151,17 @@ def test_study_selects_on_validation_and_tests_the_best_once(study, config_file)
 
 
 def test_continued_study_runs_only_the_missing_trials(study, tmp_path, config_file):
+  """The journal alone (no trial runs) continues a study elsewhere, e.g. in the next session."""
   workdir, first, _ = study
   copy = tmp_path / "renamed"
-  shutil.copytree(workdir, copy)
+  copy.mkdir()
+  for name in ("study.journal", "study.json"):
+    shutil.copy(workdir / name, copy / name)
+  same = run_study(load_config(str(config_file)), _space(), copy, config_source=str(config_file),
+                   max_trials=3, startup_trials=2, pruner="none")
+  # Nothing to run; the best trial's missing run is trained again, identically, for its test.
+  assert same.trials_this_run == 0 and same.best_number == first.best_number
+  assert same.test == first.test
   result = run_study(load_config(str(config_file)), _space(), copy, config_source=str(config_file),
                      max_trials=4, startup_trials=2, pruner="none")
   assert result.trials_this_run == 1 and len(result.table) == 4
