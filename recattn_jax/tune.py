@@ -16,7 +16,6 @@ Config fields are overridden as for training, e.g. `--config.train.num_epochs=20
 
 import logging
 import pathlib
-import re
 import sys
 
 import optuna
@@ -28,7 +27,7 @@ from recattn_jax.config import ConfigError
 from recattn_jax.training.loop import TrainingInterrupted
 from recattn_jax.training.workdir import RunMismatchError, WorkdirLockedError
 from recattn_jax.tuning import config_module, default_space
-from recattn_jax.tuning.study import PRUNERS, StudyError, format_table, run_study
+from recattn_jax.tuning.study import PRUNERS, StudyError, format_table, parse_duration, run_study
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(configs.path("sasrec_ml100k")),
@@ -40,18 +39,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "The sampler's seed: the same seed gives
 _PRUNER = flags.DEFINE_enum("pruner", "median", PRUNERS, "Stops trials whose validation curve is poor.")
 _STARTUP = flags.DEFINE_integer("startup_trials", 5, "Random trials before TPE models the results.")
 _BASELINE = flags.DEFINE_bool("baseline", True, "Make the first trial the config's own values.")
-
-
-def parse_duration(text: str) -> float:
-  """Seconds in "90s", "45m", "2h", "1h30m" or a plain number of seconds."""
-  text = text.strip().lower()
-  if re.fullmatch(r"\d+(\.\d+)?", text):
-    return float(text)
-  match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", text)
-  if not text or not match:
-    raise ValueError(f"--budget={text!r}: expected a duration such as 90s, 45m, 2h or 1h30m")
-  hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-  return hours * 3600 + minutes * 60 + seconds
 
 
 def main(argv):

@@ -10,9 +10,8 @@ import pytest
 
 from recattn_jax.training import loop, tasks
 from recattn_jax.training.workdir import RunMismatchError, config_fingerprint
-from recattn_jax.tune import parse_duration
 from recattn_jax.tuning import Choice, Float, Int, load_config, space as spaces
-from recattn_jax.tuning.study import StudyError, load_study, run_study, trial_workdir
+from recattn_jax.tuning.study import StudyError, load_study, parse_duration, run_study, trial_workdir
 
 CONFIG_FILE = '''
 import pathlib

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import time
 from typing import Any
 
@@ -69,6 +70,18 @@ class StudyResult:
   primary_protocol: str | None
   table: list[dict]            # one row per trial
   trials_this_run: int
+
+
+def parse_duration(text: str) -> float:
+  """Seconds in "90s", "45m", "2h", "1h30m" or a plain number of seconds."""
+  text = text.strip().lower()
+  if re.fullmatch(r"\d+(\.\d+)?", text):
+    return float(text)
+  match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+  if not text or not match:
+    raise ValueError(f"--budget={text!r}: expected a duration such as 90s, 45m, 2h or 1h30m")
+  hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+  return hours * 3600 + minutes * 60 + seconds
 
 
 def trial_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> pathlib.Path:
