@@ -111,8 +111,8 @@ def main(argv):
   config = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value or f"runs/seeds_{configs.run_name(source)}")
   out = pathlib.Path(_OUT.value) if _OUT.value else workdir / "seeds.json"
-  deadline = time.time() + parse_duration(_BUDGET.value) if _BUDGET.value else None
   try:
+    deadline = time.time() + parse_duration(_BUDGET.value) if _BUDGET.value else None
     record = run_seeds(config, _SEEDS.value, workdir, out, source=source, deadline=deadline)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
