@@ -1,6 +1,6 @@
 """Seed-to-seed spread of one config: the same run under several seeds, side by side.
 
-  .venv/bin/python benchmarks/seeds.py --config sasrec_auto:amazon-toys --seeds 0 1 2 \
+  .venv/bin/python benchmarks/seeds.py --config sasrec_auto:amazon-toys --seeds 0,1,2 \
       --workdir runs/seeds_sasrec_auto_toys --out benchmarks/results/seeds_sasrec_auto_toys.json
 
 Each seed is a normal `train_and_evaluate` run in `<workdir>/seed_<n>` (an
@@ -31,7 +31,7 @@ from recattn_jax.training.workdir import config_fingerprint
 from recattn_jax.tuning.study import parse_duration
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A shipped config's name or a config file's path.")
-_SEEDS = flags.DEFINE_multi_integer("seeds", [0, 1, 2], "Seeds to run (config.seed).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds to run (config.seed).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Runs go to <workdir>/seed_<n> (default runs/seeds_<config>).")
 _OUT = flags.DEFINE_string("out", None, "The JSON record of finished seeds (default <workdir>/seeds.json).")
 _BUDGET = flags.DEFINE_string("budget", None, "Wall clock for this invocation, e.g. 40m.")
@@ -106,14 +106,19 @@ def run_seeds(config, seeds, workdir: pathlib.Path, out: pathlib.Path, *, source
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}; give the seeds as --seeds=0,1,2", file=sys.stderr)
+    sys.exit(1)
   source = flags.FLAGS["config"].config_filename
   config = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value or f"runs/seeds_{configs.run_name(source)}")
   out = pathlib.Path(_OUT.value) if _OUT.value else workdir / "seeds.json"
   try:
+    if not all(seed.strip().isdigit() for seed in _SEEDS.value):
+      raise ValueError(f"--seeds={','.join(_SEEDS.value)}: expected non-negative integers, e.g. --seeds=0,1,2")
+    seeds = [int(seed) for seed in _SEEDS.value]
     deadline = time.time() + parse_duration(_BUDGET.value) if _BUDGET.value else None
-    record = run_seeds(config, _SEEDS.value, workdir, out, source=source, deadline=deadline)
+    record = run_seeds(config, seeds, workdir, out, source=source, deadline=deadline)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

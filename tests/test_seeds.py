@@ -41,8 +41,8 @@ def test_seeds_are_recorded_and_not_run_twice(data_file, tmp_path):
   for path in workdir.glob("seed_*/**/*"):
     if path.is_file():
       path.unlink()
-  command = [sys.executable, "benchmarks/seeds.py", "--config", str(config_file), "--seeds", "0",
-             "--seeds", "1", "--workdir", str(workdir), "--out", str(out)]
+  command = [sys.executable, "benchmarks/seeds.py", "--config", str(config_file), "--seeds=0,1",
+             "--workdir", str(workdir), "--out", str(out)]
   env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the config file imports tests.helpers
   done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
