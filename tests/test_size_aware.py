@@ -1,4 +1,4 @@
-"""Size-aware defaults: the rule, the `sasrec_auto:<data>` config, and its refusal of other data."""
+"""Size-aware defaults: the rule, the `sasrec_auto:<data>` / `hstu_auto:<data>` configs, and their refusal of other data."""
 
 import logging
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recattn_jax.config import (ConfigError, check_config, get_default_config, get_size_aware_config,
-                                size_aware_values)
+                                size_aware_fields, size_aware_values)
 from recattn_jax.data.profile import DataProfile
 from recattn_jax.models import ENCODERS
 from recattn_jax.training import loop
@@ -77,3 +77,24 @@ def test_on_ml100k_the_rule_gives_the_default_job(shared_data, monkeypatch):
   monkeypatch.setenv("RECATTN_DATA_DIR", str(shared_data))
   sized = config_fingerprint(get_size_aware_config("ml-100k"))
   assert sized == config_fingerprint(get_default_config())
+
+
+def test_hstu_auto_is_sized_as_sasrec_auto_and_drops_time_buckets_only_without_a_clock(
+    data_file, tmp_path):
+  hstu, sasrec = load_config(f"hstu_auto:{data_file}"), load_config(f"sasrec_auto:{data_file}")
+  assert hstu.model.name == "hstu"
+  assert size_aware_fields(hstu) == {field.replace("sasrec", "hstu"): value
+                                     for field, value in size_aware_fields(sasrec).items()}
+  assert hstu.model.hstu.num_time_buckets == 0  # a sequence file's timestamps are positions
+  for_each_line = [line.split() for line in data_file.read_text().splitlines()]
+  ratings = tmp_path / "u.data"  # MovieLens' tab-separated user, item, rating, seconds
+  ratings.write_text("".join(f"{user}\t{item}\t4\t{1_000_000 + 60 * k}\n"
+                             for user, *items in for_each_line for k, item in enumerate(items)))
+  assert load_config(f"hstu_auto:{ratings}").model.hstu.num_time_buckets == get_default_config().model.hstu.num_time_buckets > 0
+
+  hstu.model.hstu.update(embed_dim=16, num_layers=1)
+  hstu.train.update(num_epochs=1, progress_bar=False)
+  results = loop.train_and_evaluate(hstu, tmp_path / "run")
+  assert results["data"]["users"] == 96 and results["test"]["seen_excluded"]["NDCG@10"] > 0
+  with pytest.raises(ValueError, match="name the data: --config hstu_auto:"):
+    load_config("hstu_auto")

@@ -48,6 +48,19 @@ def _column_kwargs(data_config: ml_collections.ConfigDict) -> dict:
   return kwargs
 
 
+def reader_format(data_config: ml_collections.ConfigDict) -> str:
+  """The registered reader `data.format` names, "auto" resolved from the path."""
+  if data_config.format != "auto":
+    return data_config.format
+  path = interactions_path(data_config)
+  return readers.detect_format(path, has_columns=path.suffix.lower() in (".csv", ".tsv"))
+
+
+def has_clock(data_config: ml_collections.ConfigDict) -> bool:
+  """Whether the data's timestamps are times, not made up by its reader (e.g. positions)."""
+  return readers.READERS.spec(reader_format(data_config)).get("clock", True)
+
+
 def load_interactions(data_config: ml_collections.ConfigDict) -> tuple[pd.DataFrame, pathlib.Path]:
   """(interactions frame, the path read): every task and tool reads its data through here.
 
@@ -56,9 +69,7 @@ def load_interactions(data_config: ml_collections.ConfigDict) -> tuple[pd.DataFr
   take their column names, delimiter and header from `data.columns`.
   """
   path = interactions_path(data_config)
-  fmt = data_config.format
-  if fmt == "auto":
-    fmt = readers.detect_format(path, has_columns=path.suffix.lower() in (".csv", ".tsv"))
+  fmt = reader_format(data_config)
   kwargs = _column_kwargs(data_config) if readers.READERS.spec(fmt).get("columns") else {}
   if fmt == "parquet":
     kwargs.pop("header", None)

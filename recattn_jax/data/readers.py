@@ -715,15 +715,17 @@ def detect_format(path: PathLike, *, has_columns: bool = False) -> str:
               f"(one of {FORMATS}) and, for tables, user_col/item_col")
 
 
-# Format name -> reader; `columns=True` readers take user_col/item_col/... (`data.columns`).
+# Format name -> reader; `columns=True` readers take user_col/item_col/... (`data.columns`);
+# `clock=False` readers make up their timestamps (a sequence file's are positions, Last.fm's
+# play counts).
 READERS = Registry("data format", "data.format")
 READERS.register("movielens")(read_movielens)
 READERS.register("recbole")(read_recbole_atomic)
-READERS.register("sequence")(read_sequence_file)
+READERS.register("sequence", clock=False)(read_sequence_file)
 READERS.register("csv", columns=True)(read_table)
 READERS.register("tsv", columns=True)(functools.partial(read_table, sep="\t"))
 READERS.register("parquet", columns=True)(read_parquet)
-READERS.register("lastfm")(read_lastfm)
+READERS.register("lastfm", clock=False)(read_lastfm)
 
 
 def read_interactions(path: PathLike, fmt: str = "auto", **kwargs: Any) -> pd.DataFrame:
