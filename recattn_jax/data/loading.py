@@ -57,7 +57,11 @@ def reader_format(data_config: ml_collections.ConfigDict) -> str:
 
 
 def has_clock(data_config: ml_collections.ConfigDict) -> bool:
-  """Whether the data's timestamps are times, not made up by its reader (e.g. positions)."""
+  """False when the format's reader always makes up the timestamps (a sequence file's are positions).
+
+  A table (csv, tsv, parquet) counts as timed even without `data.columns.time`:
+  the column may still be named after the config is built.
+  """
   return readers.READERS.spec(reader_format(data_config)).get("clock", True)
 
 
