@@ -118,7 +118,8 @@ def main(argv):
       raise ValueError(f"--seeds={','.join(_SEEDS.value)}: expected non-negative integers, e.g. --seeds=0,1,2")
     seeds = [int(seed) for seed in _SEEDS.value]
     deadline = time.time() + parse_duration(_BUDGET.value) if _BUDGET.value else None
-    record = run_seeds(config, seeds, workdir, out, source=source, deadline=deadline)
+    record = run_seeds(config, seeds, workdir, out, source=configs.source_label(source),
+                       deadline=deadline)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

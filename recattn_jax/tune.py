@@ -48,10 +48,7 @@ def main(argv):
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   logging.getLogger("recattn_jax.tuning").setLevel(logging.INFO)
   source = flags.FLAGS["config"].config_filename
-  path, argument = configs.split_source(source)
-  shipped = pathlib.Path(path).parent == configs.FOLDER
-  config_source = ((pathlib.Path(path).stem if shipped else str(pathlib.Path(path).absolute()))
-                   + (f":{argument}" if argument is not None else ""))
+  config_source = configs.source_label(source)
   config = _CONFIG.value
   module = config_module(source)
   space = module.get_search_space(config) if hasattr(module, "get_search_space") else default_space(config)

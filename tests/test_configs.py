@@ -2,6 +2,7 @@
 
 import importlib.util
 import inspect
+import pathlib
 
 import pytest
 
@@ -36,6 +37,9 @@ def test_shipped_configs_are_found_by_name():
   assert configs.path("hstu_ml100k") == configs.path("hstu_ml100k.py")
   with pytest.raises(ValueError, match="no shipped config 'sasrec_ml1m'"):
     configs.path("sasrec_ml1m")
+  # Records (studies, seeds) name a shipped config as the user would type it, not by this checkout's path.
+  assert configs.source_label(f"{configs.path('sasrec_auto')}:amazon-toys") == "sasrec_auto:amazon-toys"
+  assert configs.source_label("my/config.py") == str(pathlib.Path("my/config.py").absolute())
 
 
 def test_learning_rate_scales_with_the_batch_as_configured():

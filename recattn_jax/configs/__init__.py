@@ -27,6 +27,14 @@ def split_source(source: str) -> tuple[str, str | None]:
   return name, (argument if colon else None)
 
 
+def source_label(source: str) -> str:
+  """How records name `source`: a shipped config by its name, another file by its absolute path."""
+  name, argument = split_source(source)
+  path = pathlib.Path(name)
+  label = path.stem if path.parent == FOLDER else str(path.absolute())
+  return label + (f":{argument}" if argument is not None else "")
+
+
 def run_name(source: str) -> str:
   """A folder name for runs of `source`: the config's file name, plus its argument's name."""
   name, argument = split_source(source)
