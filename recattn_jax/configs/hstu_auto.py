@@ -10,8 +10,8 @@ time-bias buckets: the relative-position bias already says what positions would.
 """
 
 from recattn_jax.config import get_size_aware_config
+from recattn_jax.configs.sasrec_auto import get_search_space  # noqa: F401  (it follows model.name)
 from recattn_jax.data.loading import has_clock
-from recattn_jax.tuning import Choice, default_space
 
 
 def get_config(data: str = ""):
@@ -23,10 +23,3 @@ def get_config(data: str = ""):
     config.model.hstu.num_time_buckets = 0
   return config
 
-
-def get_search_space(config):
-  """`python -m recattn_jax.tune --config hstu_auto:<data> --budget 4h --workdir studies/<data>`"""
-  max_lens = (50, 100, 200) if config.data.max_len > 50 else (50,)
-  space = default_space(config, max_lens=max_lens, max_dropout=0.7)
-  space["train.schedule"] = Choice(["constant", "cosine"])
-  return space
