@@ -253,7 +253,9 @@ def test_samplers():
 
 @pytest.mark.parametrize("name,kwargs", [
     ("softmax", {}), ("sampled_softmax", {"negative_sampler": "uniform", "num_negatives": 4}),
-    ("sampled_softmax", {"negative_sampler": "in_batch"}), ("bce", {}),
+    ("sampled_softmax", {"negative_sampler": "in_batch"}),
+    ("sampled_softmax", {"negative_sampler": "uniform_per_row", "num_negatives": 4}),
+    ("sampled_softmax", {"negative_sampler": "uniform_per_position", "num_negatives": 4}), ("bce", {}),
     ("gbce", {"num_negatives": 3, "t": 0.5})])
 def test_next_item_loss_fn_jits_and_differentiates(name, kwargs):
   hidden, table, targets = problem(12)
@@ -274,6 +276,32 @@ def test_uniform_sampled_softmax_matches_manual_negatives():
   negatives = losses.uniform_negatives(key, (6,), N)
   want = ref_sampled(hidden, table, targets, np.asarray(negatives), -np.log(N), -np.log(N))
   np.testing.assert_allclose(float(fn(f32(hidden), f32(table), targets, key)[0]), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,shape", [("uniform_per_row", (B, 1, 6)),
+                                           ("uniform_per_position", (B, L, 6))])
+def test_per_row_and_per_position_negatives_match_manual_draws(sampler, shape):
+  hidden, table, targets = problem(14)
+  key = jax.random.PRNGKey(6)
+  fn = losses.next_item_loss_fn("sampled_softmax", num_negatives=6, negative_sampler=sampler)
+  negatives = np.asarray(losses.uniform_negatives(key, shape, N))
+  # Rows draw different negatives (else this would not test what it names).
+  assert len({tuple(n) for n in negatives.reshape(-1, 6)}) > 1
+  want = ref_sampled(hidden, table, targets, np.broadcast_to(negatives, (B, L, 6)),
+                     -np.log(N), -np.log(N))
+  loss, _ = fn(f32(hidden), f32(table), targets, key)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  grad = jax.grad(lambda h: fn(h, f32(table), targets, key)[0])(f32(hidden))
+  want_grad = np.zeros_like(hidden)
+  eps = 1e-3
+  for idx in [(0, 1, 0), (B - 1, L - 1, D - 1)]:
+    bumped = hidden.copy()
+    bumped[idx] += eps
+    up = ref_sampled(bumped, table, targets, np.broadcast_to(negatives, (B, L, 6)), 0, 0)
+    bumped[idx] -= 2 * eps
+    down = ref_sampled(bumped, table, targets, np.broadcast_to(negatives, (B, L, 6)), 0, 0)
+    want_grad[idx] = (up - down) / (2 * eps)
+    np.testing.assert_allclose(float(grad[idx]), want_grad[idx], rtol=1e-3, atol=1e-5)
 
 
 def test_config_errors_name_the_field():

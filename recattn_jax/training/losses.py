@@ -15,7 +15,12 @@ whose keyword arguments are its config fields (`train.loss.<name>.*`), built by
       - "in_batch": the negatives are the other positions' targets in the batch;
         Q(item) = its frequency among the batch's targets;
       - "uniform": `num_negatives` items drawn uniformly from 1..N, shared
-        by every position; Q = 1/N.
+        by every position of the batch; Q = 1/N;
+      - "uniform_per_row": as "uniform", drawn afresh for every row (a
+        sequence, or a packed row of several) and shared by its positions:
+        batch-size times as many distinct negatives for almost no extra work;
+      - "uniform_per_position": drawn afresh for every position (as RecTools'
+        SASRec does); K table rows gathered per position, so it costs the most.
     Negatives equal to the position's target ("accidental hits") are removed.
   * "mixed_softmax": sampled softmax over candidate vectors: sampled positions'
     targets + `num_negatives` uniform items, log-Q by expected counts
@@ -46,7 +51,7 @@ import jax.numpy as jnp
 from recattn_jax.registry import Registry, check_keywords, keyword_defaults
 
 LOSSES = Registry("loss", "train.loss.name")
-SAMPLERS = ("in_batch", "uniform")
+SAMPLERS = ("in_batch", "uniform", "uniform_per_row", "uniform_per_position")
 
 # Masked logits: finite, so that a row with every logit masked stays NaN-free.
 _MASKED = -1e30
@@ -71,7 +76,7 @@ def _target_scores(hidden, item_table, targets):
 
 
 def _negative_scores(hidden, item_table, negatives):
-  """[..., K]: shared negatives are [K], per-position ones [..., K]."""
+  """[..., K]: shared negatives are [K], per-row or per-position ones [..., K] (broadcast)."""
   rows = jnp.take(item_table, negatives, axis=0)
   if negatives.ndim == 1:
     return _scores(hidden, rows, "...d,kd->...k")
@@ -130,7 +135,8 @@ def sampled_softmax(hidden: jax.Array, item_table: jax.Array, targets: jax.Array
 
   Args:
     hidden: [..., D]; item_table: [N + 1, D]; targets, weight: [...].
-    negatives: [K] shared by every position, or [..., K] per position; id 0
+    negatives: [K] shared by every position, or [..., K] whose leading axes
+      broadcast against the positions' ([B, 1, K]: one draw per row); id 0
       entries are ignored.
     log_q_target, log_q_negatives: log sampling probabilities, subtracted from
       the logits (broadcastable to [...] and to the negatives' shape); None
@@ -283,7 +289,10 @@ def sampled_softmax_loss(num_negatives: int = 256, negative_sampler: str = "unif
       return in_batch_softmax(hidden, table, targets, weight, logq_correction=logq_correction)
     num_items = table.shape[0] - 1
     log_q = -jnp.log(float(num_items)) if logq_correction else None
-    return sampled_softmax(hidden, table, targets, uniform_negatives(key, (k,), num_items), weight,
+    shape = {"uniform": (k,),
+             "uniform_per_row": (*targets.shape[:1], *(1,) * (targets.ndim - 1), k),
+             "uniform_per_position": (*targets.shape, k)}[negative_sampler]
+    return sampled_softmax(hidden, table, targets, uniform_negatives(key, shape, num_items), weight,
                            log_q_target=log_q, log_q_negatives=log_q)
   return _with_metrics(loss)
 
