@@ -18,7 +18,7 @@ whose keyword arguments are its config fields (`train.loss.<name>.*`), built by
         by every position of the batch; Q = 1/N;
       - "uniform_per_row": as "uniform", drawn afresh for every row (a
         sequence, or a packed row of several) and shared by its positions:
-        batch-size times as many distinct negatives for almost no extra work;
+        batch-size times as many distinct negatives at little extra cost;
       - "uniform_per_position": drawn afresh for every position (as RecTools'
         SASRec does); K table rows gathered per position, so it costs the most.
     Negatives equal to the position's target ("accidental hits") are removed.
