@@ -347,6 +347,7 @@ RANGES: dict[str, Range] = {
     "model.*.ff_dim": _COUNT,
     "model.*.dropout_rate": _PROBABILITY,
     "model.*.item_id_dropout": _PROBABILITY,
+    "model.*.output_dropout": _PROBABILITY,
     "model.*.head_dropout": _PROBABILITY,
     "model.*.head_blocks": _NON_NEGATIVE_COUNT,
     "model.*.num_position_buckets": _NON_NEGATIVE_COUNT,

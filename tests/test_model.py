@@ -152,3 +152,32 @@ def test_sasrec_newest_hidden_equals_the_full_pass_at_the_newest_event(padding):
                     for n in (1, 4, 10)])
   np.testing.assert_allclose(serving_vectors(model, params, {"inputs": items}),
                              user_vectors(model, params, {"inputs": items}), atol=2e-6)
+
+
+def test_output_dropout_drops_table_and_candidate_elements_in_training_only():
+  model = make_model(output_dropout=0.25)
+  items = jnp.array([[0, 0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]])
+  params = model.init(jax.random.key(0), items)
+  full = np.asarray(model.apply(params, method=model.item_embeddings))
+  np.testing.assert_array_equal(full, make_model().apply(params, method="item_embeddings"))
+
+  def drawn(method, key, *args, **kwargs):
+    return np.asarray(jax.jit(lambda p, k: model.apply(p, *args, method=method, deterministic=False,
+                                                        rngs={"dropout": k}, **kwargs))(params, key))
+
+  table = drawn("item_embeddings", jax.random.key(1))
+  kept = table != 0
+  # Inverted dropout: survivors scaled by 1 / keep probability, about a quarter of the elements zeroed.
+  np.testing.assert_allclose(table[kept], full[kept] / 0.75, rtol=1e-6)
+  assert 0.15 < 1 - kept.mean() < 0.35
+  assert not np.array_equal(kept, drawn("item_embeddings", jax.random.key(2)) != 0)
+  # A padded table (split over devices) drops exactly the elements the whole one does.
+  padded = drawn("item_embeddings", jax.random.key(1), padded=True)
+  assert padded.shape[0] > table.shape[0]
+  np.testing.assert_array_equal(padded[:table.shape[0]], table)
+  ids = jnp.array([3, 5, 5, 40])
+  vectors = drawn("item_vectors", jax.random.key(1), ids)
+  np.testing.assert_allclose(vectors[vectors != 0], (full[np.asarray(ids)] / 0.75)[vectors != 0], rtol=1e-6)
+  assert (vectors == 0).any()
+  with pytest.raises(ValueError, match=r"output_dropout must be in \[0, 1\)"):
+    make_model(output_dropout=1.0).init(jax.random.key(0), items)

@@ -53,9 +53,10 @@ def test_rules_shard_the_table_its_optimizer_state_and_bias_only():
     shard_spec("params/params/item_embed/embedding", (1001, 8), mesh)
 
 
-def _job(data_file, mesh_config, devices, **overrides):
+def _job(data_file, mesh_config, devices, output_dropout=0.0, **overrides):
   config = tiny_config(data_file, num_epochs=1, mesh=mesh_config, num_devices=devices, **overrides)
   config.model.sasrec.dropout_rate = 0.0
+  config.model.sasrec.output_dropout = output_dropout
   mesh = make_mesh(config.train.mesh, devices)
   return config, mesh, tasks.build_job(config, mesh)
 
@@ -101,6 +102,17 @@ def check_mesh_trains_like_one_device(data_file, mesh_config, devices):
 @pytest.mark.parametrize("mesh_config", [{"data": 1, "model": 4}, {"data": 2, "model": 2}])
 def test_sharded_training_equals_one_device_and_never_gathers_the_table(data_file, mesh_config):
   check_mesh_trains_like_one_device(data_file, mesh_config, 4)
+
+
+def test_output_dropout_on_a_split_table_trains_like_one_device(data_file):
+  """The padded, split table draws the mask of the whole one: the same dropped elements, the same losses."""
+  _, mesh1, job1 = _job(data_file, {"data": 1, "model": 1}, 1, output_dropout=0.3)
+  _, losses1 = _losses(job1, mesh1)
+  _, mesh, job = _job(data_file, {"data": 1, "model": 4}, 4, output_dropout=0.3)
+  _, losses = _losses(job, mesh)
+  np.testing.assert_allclose(losses, losses1, rtol=2e-5)
+  _, mesh0, job0 = _job(data_file, {"data": 1, "model": 1}, 1)
+  assert not np.allclose(_losses(job0, mesh0)[1], losses1, rtol=1e-3)
 
 
 def test_a_4x2_mesh_on_8_devices(data_file):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from recattn_jax.attention import AttentionFn, MaskSpec, attention_fn
 from recattn_jax.data.features import ItemFeatures
 from recattn_jax.data.social import UserProfiles
-from recattn_jax.models.dropout import Dropout
+from recattn_jax.models.dropout import Dropout, keep_mask
 from recattn_jax.models.item_encoder import ITEM_ENCODERS, table_rows
 from recattn_jax.models.registry import ENCODERS
 from recattn_jax.models.transformer import head_dim
@@ -108,6 +108,9 @@ class SequenceEncoder(nn.Module):
     item_representation: "id", "content" or "both" (`ItemEncoder`); "content"
       and "both" need `item_features`.
     item_id_dropout: "both": treat trained items as cold at this rate (DropoutNet).
+    output_dropout: elementwise dropout of the output item vectors (the table
+      and a candidate loss's vectors) in training, as RecTools' SASRec applies
+      its dropout to the item embeddings it scores against; 0 = off.
     item_attention_impl: the engine of the item content encoder's self-attention
       and of the text tower's.
     item_text_lora_rank, item_text_lora_alpha, item_text_lora_targets,
@@ -130,6 +133,7 @@ class SequenceEncoder(nn.Module):
   dtype: Any = "float32"
   item_representation: str = "id"
   item_id_dropout: float = 0.0
+  output_dropout: float = 0.0
   item_attention_impl: str = "xla"
   item_text_lora_rank: int = 0
   item_text_lora_alpha: float = 16.0
@@ -171,6 +175,8 @@ class SequenceEncoder(nn.Module):
       self.pos_embed = nn.Embed(self.max_len, self.embed_dim,
                                 embedding_init=nn.initializers.normal(stddev=0.02), name="pos_embed")
     self.input_dropout = Dropout(self.dropout_rate)
+    if not 0.0 <= self.output_dropout < 1.0:
+      raise ValueError(f"output_dropout must be in [0, 1), got {self.output_dropout}")
     self.user_context = (None if self.user_profiles is None
                          else UserContext(self.user_profiles, self.embed_dim, name="user_context"))
     self.setup_blocks()
@@ -252,17 +258,33 @@ class SequenceEncoder(nn.Module):
                       text_vectors: jax.Array | None = None) -> jax.Array:
     """[num_items + 1, D]; row 0 is padding and is never a valid prediction.
 
-    With `deterministic=False` the item encoder's id dropout (if any) applies.
+    With `deterministic=False` the item encoder's id dropout and
+    `output_dropout` (if any) apply.
     `padded`: all `table_rows(num_items)` rows, for a table split over devices
     (the rows past num_items must then be masked by the caller).
     `text_vectors`: the text tower's output for every item (`scoring.item_table`).
     """
-    return self.item_embed.table(deterministic=deterministic, padded=padded,
-                                 text_vectors=text_vectors)
+    table = self.item_embed.table(deterministic=deterministic, padded=padded,
+                                  text_vectors=text_vectors)
+    return self._drop_output(table, deterministic, real_rows=self.num_items + 1)
 
   def item_vectors(self, ids: jax.Array, deterministic: bool = True) -> jax.Array:
     """The output-side vectors [n, D] of item `ids` [n] alone (a candidate loss's candidates)."""
-    return self.item_embed.item_vectors(ids, deterministic=deterministic)
+    vectors = self.item_embed.item_vectors(ids, deterministic=deterministic)
+    return self._drop_output(vectors, deterministic)
+
+  def _drop_output(self, vectors: jax.Array, deterministic: bool,
+                   real_rows: int | None = None) -> jax.Array:
+    """`output_dropout` of item vectors [n, D]. A padded table's mask is drawn for its
+    `real_rows` and padded, so that a table split over devices drops what a whole one would."""
+    if deterministic or not self.output_dropout:
+      return vectors
+    rows = vectors.shape[0] if real_rows is None else real_rows
+    keep, keep_prob = keep_mask(self.make_rng("dropout"), (rows, *vectors.shape[1:]),
+                                self.output_dropout)
+    keep = jnp.pad(keep, ((0, vectors.shape[0] - rows), (0, 0)), constant_values=True)
+    return jnp.where(keep, vectors / jnp.asarray(keep_prob, vectors.dtype),
+                     jnp.zeros((), vectors.dtype))
 
   def item_text_vectors(self, rows: jax.Array) -> jax.Array:
     """The text tower's vectors [n, H] of item `rows` [n]."""
