@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from recattn_jax.attention import MaskSpec
 from recattn_jax.data.pipeline import pad_to
 from recattn_jax.models import SASRec, last_hidden, positions_in_sequence, serving_vectors, user_vectors
+from recattn_jax.models.transformer import TransformerBlock
 from tests.helpers import make_encoder
 
 
@@ -100,8 +102,70 @@ def test_too_long_input_is_a_clear_error():
     model.init(jax.random.key(0), jnp.ones((1, 5), jnp.int32))
 
 
-def test_cached_extension_equals_full_recomputation():
-  model = make_model("start", max_len=12)
+def _np_layer_norm(x, p, eps=1e-6):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def _np_gelu(x):  # flax's default, the tanh approximation
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _np_block(x, p, residual):
+  """A plain numpy transformer block (causal, no dropout), the two residual layouts spelled out."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  attn = p["attention"]
+  normed = _np_layer_norm(x, p["attention_norm"])
+  kv_input = x if residual == "normed" else normed
+  q = np.einsum("bld,dhk->blhk", normed, attn["qkv"]["kernel"][:, 0]) + attn["qkv"]["bias"][0]
+  k = np.einsum("bld,dhk->blhk", kv_input, attn["qkv"]["kernel"][:, 1]) + attn["qkv"]["bias"][1]
+  v = np.einsum("bld,dhk->blhk", kv_input, attn["qkv"]["kernel"][:, 2]) + attn["qkv"]["bias"][2]
+  logits = np.einsum("bqhk,bphk->bhqp", q, k) / np.sqrt(q.shape[-1])
+  length = x.shape[1]
+  logits = np.where(np.tril(np.ones((length, length), bool)), logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  heads = np.einsum("bhqp,bphk->bqhk", weights, v)
+  h = np.einsum("bqhk,hkd->bqd", heads, attn["out"]["kernel"]) + attn["out"]["bias"]
+  x = (normed if residual == "normed" else x) + h
+  normed = _np_layer_norm(x, p["ff_norm"])
+  ff = p["ff"]
+  hidden = _np_gelu(normed @ ff["Dense_0"]["kernel"] + ff["Dense_0"]["bias"])
+  return (normed if residual == "normed" else x) + hidden @ ff["Dense_1"]["kernel"] + ff["Dense_1"]["bias"]
+
+
+@pytest.mark.parametrize("residual", ["input", "normed"])
+def test_transformer_block_matches_a_numpy_block_with_its_gradient(residual):
+  block = TransformerBlock(8, 2, 16, 0.0, residual=residual)
+  x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype(np.float32)
+  valid = jnp.ones((2, 5), bool)
+  mask = MaskSpec(causal=True, kv_valid=valid)
+  params = block.init(jax.random.key(0), x, mask, valid, True)
+  out = block.apply(params, x, mask, valid, True)[0]
+  np.testing.assert_allclose(out, _np_block(x.astype(np.float64), params["params"], residual),
+                             atol=2e-5)
+  # The gradient with respect to the input, against central differences of the numpy block.
+  direction = np.random.default_rng(1).normal(size=x.shape)
+  grad = jax.grad(lambda x: jnp.sum(block.apply(params, x, mask, valid, True)[0] ** 2))(x)
+  step = 1e-4
+  loss = lambda x: np.sum(_np_block(x, params["params"], residual) ** 2)
+  numeric = (loss(x + step * direction) - loss(x - step * direction)) / (2 * step)
+  np.testing.assert_allclose(np.sum(np.asarray(grad, np.float64) * direction), numeric, rtol=1e-3)
+
+
+def test_residual_layouts_differ_and_an_unknown_one_is_named():
+  items = jnp.array([[0, 0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]])
+  params = make_model().init(jax.random.key(0), items)
+  assert not np.allclose(make_model().apply(params, items),
+                         make_model(residual="normed").apply(params, items), atol=1e-3)
+  with pytest.raises(ValueError, match="model.*residual.*'post'"):
+    make_model(residual="post").init(jax.random.key(0), items)
+
+
+@pytest.mark.parametrize("residual", ["input", "normed"])
+def test_cached_extension_equals_full_recomputation(residual):
+  model = make_model("start", max_len=12, residual=residual)
   rng = np.random.default_rng(5)
   lengths = [1, 4, 7]
   events = rng.integers(1, 41, size=(3, 11))
@@ -142,10 +206,12 @@ def test_bfloat16_compute_keeps_float32_parameters_and_matches():
   assert rel < 3e-2
 
 
+@pytest.mark.parametrize("residual", ["input", "normed"])
 @pytest.mark.parametrize("padding", ["left", "right"])
-def test_sasrec_newest_hidden_equals_the_full_pass_at_the_newest_event(padding):
+def test_sasrec_newest_hidden_equals_the_full_pass_at_the_newest_event(padding, residual):
   """Serving runs SASRec's last block at the newest event only (`serving_vectors`)."""
-  model = SASRec(num_items=40, max_len=10, embed_dim=16, num_layers=2, num_heads=2, ff_dim=32)
+  model = SASRec(num_items=40, max_len=10, embed_dim=16, num_layers=2, num_heads=2, ff_dim=32,
+                 residual=residual)
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 10), jnp.int32))
   rng = np.random.default_rng(0)
   items = np.stack([pad_to(rng.integers(1, 41, n).astype(np.int32), 10, padding)

@@ -15,7 +15,7 @@ from recattn_jax.models.user_context import check_users
 
 @ENCODERS.register("sasrec", objective="causal", kv_cache=True)
 class SASRec(SequenceEncoder):
-  """Item + learned positional embeddings, pre-LN causal blocks, final LayerNorm.
+  """Item + learned positional embeddings, causal blocks, final LayerNorm.
 
   `__call__(items)` maps left- or right-padded item ids [B, L] (0 = padding) to
   hidden states [B, L, D]; scores against the catalogue use the same item
@@ -24,11 +24,14 @@ class SASRec(SequenceEncoder):
   """
 
   ff_dim: int = 256
+  # "input": pre-LN blocks; "normed": the SASRec authors' residuals (`TransformerBlock`).
+  residual: str = "input"
 
   def setup_blocks(self):
     self.blocks = [
         TransformerBlock(self.embed_dim, self.num_heads, self.ff_dim, self.dropout_rate,
-                         attention_fn=self.attention, dtype=self.compute_dtype, name=f"block_{i}")
+                         attention_fn=self.attention, dtype=self.compute_dtype,
+                         residual=self.residual, name=f"block_{i}")
         for i in range(self.num_layers)
     ]
     self.final_norm = nn.LayerNorm(dtype=self.compute_dtype)

@@ -1,4 +1,8 @@
-"""Pre-LayerNorm transformer blocks that route attention through `recattn_jax.attention`.
+"""Transformer blocks that route attention through `recattn_jax.attention`.
+
+Blocks are pre-LayerNorm (`residual="input"`), or the SASRec authors' variant
+(`residual="normed"`), whose residuals start from the layer-normed stream and
+whose attention takes its keys and values from the un-normed one.
 
 Blocks run either over whole sequences (`__call__`) or over one new event per
 row against a key/value cache of the earlier events (`step`), with the same
@@ -44,15 +48,15 @@ class MultiHeadSelfAttention(nn.Module):
                                dtype=self.dtype)
     self.out = nn.DenseGeneral(self.features, axis=(-2, -1), dtype=self.dtype)
 
-  def __call__(self, x: jax.Array, mask: MaskSpec, *,
+  def __call__(self, x: jax.Array, mask: MaskSpec, *, kv_input: jax.Array | None = None,
                capture_attention: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns the output and the keys and values ([B, L, H, Dh]) for a cache.
 
+    Queries come from `x`, keys and values from `kv_input` (default `x`).
     `capture_attention` also sows the attention probabilities ("intermediates"
     / "attention_weights", [B, H, Lq, Lk]); apply with mutable=["intermediates"].
     """
-    qkv = self.qkv(x)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q, k, v = self._project(x, kv_input)
     if capture_attention:
       heads, weights = explicit_attention(q, k, v, mask)
       self.sow("intermediates", "attention_weights", weights)
@@ -60,22 +64,28 @@ class MultiHeadSelfAttention(nn.Module):
       heads = self.attention_fn(q, k, v, mask=mask)
     return self.out(heads), k, v
 
-  def query_at(self, x: jax.Array, valid: jax.Array, index: jax.Array) -> jax.Array:
-    """[B, 1, D]: the causal output at position `index` [B] alone, keys from all of x [B, L, D]."""
+  def _project(self, x: jax.Array, kv_input: jax.Array | None):
     qkv = self.qkv(x)
-    query = jnp.take_along_axis(qkv[:, :, 0], index[:, None, None, None], axis=1)
-    visible = valid & (jnp.arange(x.shape[1])[None, :] <= index[:, None])
-    out = self.attention_fn(query, qkv[:, :, 1], qkv[:, :, 2], mask=MaskSpec(kv_valid=visible))
-    return self.out(out)
+    kv = qkv if kv_input is None else self.qkv(kv_input)
+    return qkv[:, :, 0], kv[:, :, 1], kv[:, :, 2]
 
-  def step(self, x: jax.Array, k_cache: jax.Array, v_cache: jax.Array, index: jax.Array):
+  def query_at(self, x: jax.Array, valid: jax.Array, index: jax.Array, *,
+               kv_input: jax.Array | None = None) -> jax.Array:
+    """[B, 1, D]: the causal output at position `index` [B] alone, keys from all of x [B, L, D]."""
+    q, k, v = self._project(x, kv_input)
+    query = jnp.take_along_axis(q, index[:, None, None, None], axis=1)
+    visible = valid & (jnp.arange(x.shape[1])[None, :] <= index[:, None])
+    return self.out(self.attention_fn(query, k, v, mask=MaskSpec(kv_valid=visible)))
+
+  def step(self, x: jax.Array, k_cache: jax.Array, v_cache: jax.Array, index: jax.Array, *,
+           kv_input: jax.Array | None = None):
     """x [B, 1, D] at position `index` [B] attends to cached keys 0..index-1 and itself."""
-    qkv = self.qkv(x)
+    q, k, v = self._project(x, kv_input)
     rows = jnp.arange(x.shape[0])
-    k_cache = k_cache.at[rows, index].set(qkv[:, 0, 1])
-    v_cache = v_cache.at[rows, index].set(qkv[:, 0, 2])
+    k_cache = k_cache.at[rows, index].set(k[:, 0])
+    v_cache = v_cache.at[rows, index].set(v[:, 0])
     visible = jnp.arange(k_cache.shape[1])[None, :] <= index[:, None]
-    out = self.attention_fn(qkv[:, :, 0], k_cache, v_cache, mask=MaskSpec(kv_valid=visible))
+    out = self.attention_fn(q, k_cache, v_cache, mask=MaskSpec(kv_valid=visible))
     return self.out(out), k_cache, v_cache
 
 
@@ -92,8 +102,16 @@ class FeedForward(nn.Module):
     return nn.Dense(x.shape[-1], dtype=self.dtype)(h)
 
 
+RESIDUALS = ("input", "normed")
+
+
 class TransformerBlock(nn.Module):
-  """x + Attn(LN(x)), then x + FFN(LN(x)); padded positions are zeroed after each block."""
+  """Attention then feed-forward, each with a residual; padded positions are zeroed after each block.
+
+  `residual="input"` (pre-LN): x + Attn(LN(x)), then x + FFN(LN(x)).
+  `residual="normed"` (the SASRec authors' code, and RecTools'): with q = LN(x),
+  x = q + Attn(queries q, keys and values x), then with f = LN(x), f + FFN(f).
+  """
 
   features: int
   num_heads: int
@@ -101,8 +119,11 @@ class TransformerBlock(nn.Module):
   dropout_rate: float
   attention_fn: AttentionFn = attend
   dtype: jnp.dtype = jnp.float32
+  residual: str = "input"
 
   def setup(self):
+    if self.residual not in RESIDUALS:
+      raise ValueError(f"model.*.residual must be one of {RESIDUALS}, got {self.residual!r}")
     self.attention_norm = nn.LayerNorm(dtype=self.dtype)
     self.attention = MultiHeadSelfAttention(self.features, self.num_heads, self.attention_fn,
                                             self.dtype)
@@ -110,24 +131,38 @@ class TransformerBlock(nn.Module):
     self.ff = FeedForward(self.ff_dim, self.dropout_rate, self.dtype)
     self.dropout = Dropout(self.dropout_rate)
 
+  def _attention_inputs(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """(query input, key/value input or None for the same, residual base) of the attention."""
+    normed = self.attention_norm(x)
+    if self.residual == "normed":
+      return normed, x, normed
+    return normed, None, x
+
+  def _feed_forward(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    normed = self.ff_norm(x)
+    base = normed if self.residual == "normed" else x
+    return base + self.dropout(self.ff(normed, deterministic), deterministic=deterministic)
+
   def __call__(self, x: jax.Array, mask: MaskSpec, valid: jax.Array, deterministic: bool, *,
                capture_attention: bool = False):
     """Returns the block output and its attention keys and values."""
-    h, k, v = self.attention(self.attention_norm(x), mask, capture_attention=capture_attention)
-    x = x + self.dropout(h, deterministic=deterministic)
-    x = x + self.dropout(self.ff(self.ff_norm(x), deterministic), deterministic=deterministic)
+    query_input, kv_input, base = self._attention_inputs(x)
+    h, k, v = self.attention(query_input, mask, kv_input=kv_input,
+                             capture_attention=capture_attention)
+    x = self._feed_forward(base + self.dropout(h, deterministic=deterministic), deterministic)
     return x * valid[..., None].astype(x.dtype), k, v
 
   def query_at(self, x: jax.Array, valid: jax.Array, index: jax.Array) -> jax.Array:
     """[B, 1, D]: the block's causal output at position `index` [B] alone (no dropout)."""
-    h = self.attention.query_at(self.attention_norm(x), valid, index)
-    x = jnp.take_along_axis(x, index[:, None, None], axis=1) + h
-    return x + self.ff(self.ff_norm(x), True)
+    query_input, kv_input, base = self._attention_inputs(x)
+    h = self.attention.query_at(query_input, valid, index, kv_input=kv_input)
+    return self._feed_forward(jnp.take_along_axis(base, index[:, None, None], axis=1) + h, True)
 
   def step(self, x: jax.Array, k_cache: jax.Array, v_cache: jax.Array, index: jax.Array):
-    h, k_cache, v_cache = self.attention.step(self.attention_norm(x), k_cache, v_cache, index)
-    x = x + h
-    return x + self.ff(self.ff_norm(x), True), k_cache, v_cache
+    query_input, kv_input, base = self._attention_inputs(x)
+    h, k_cache, v_cache = self.attention.step(query_input, k_cache, v_cache, index,
+                                              kv_input=kv_input)
+    return self._feed_forward(base + h, True), k_cache, v_cache
 
 
 def explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array,
